@@ -1,0 +1,126 @@
+"""The convnet of Fig. 3 as two pure functions: `init` and `apply -> (logits, Trace)`.
+
+Parameters are a plain dict: {"conv1": {"w": HWIO, "b"}, ..., "fc6": {"w":
+(in, out), "b"}, "fc7": ..., "fc8": ...}, with the layers an ablation removed
+absent. The first fully connected layer reads the top conv output flattened
+in NHWC order; "fc8" is always the C-way softmax layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from zf_jax import layers
+from zf_jax.arch import Arch, feature_shapes, flat_features
+
+Params = dict[str, dict[str, jax.Array]]
+
+INIT_SCHEMES = ("paper", "he")
+
+
+@struct.dataclass
+class Trace:
+  """What the forward pass leaves for the deconvnet (Section 2.1).
+
+  activations[l]: conv layer l's output after relu and max pool, before LRN.
+  switches[l]: that layer's pooling `Switches` (only for layers that pool).
+  images: the input, so that a Trace alone can be projected and cropped.
+  """
+  images: jax.Array
+  activations: dict[int, jax.Array]
+  switches: dict[int, layers.Switches]
+
+
+def init(rng: jax.Array, arch: Arch, *, scheme: str = "paper") -> Params:
+  """Initial parameters.
+
+  Args:
+    rng: a `jax.random.key`.
+    arch: the architecture.
+    scheme: "paper" — Section 3: "All weights are initialized to 10^-2 and
+      biases are set to 0", read as weights ~ N(0, 0.01^2); "he" — N(0,
+      2 / fan_in), which trains small models faster from scratch.
+
+  Returns:
+    The parameter dict described in the module docstring.
+  """
+  if scheme not in INIT_SCHEMES:
+    raise ValueError(f"unknown init scheme {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
+  shapes = {}
+  cin = 3
+  for c in arch.convs:
+    shapes[f"conv{c.layer}"] = (c.kernel, c.kernel, cin, c.features)
+    cin = c.features
+  fin = flat_features(arch)
+  for f in arch.fcs:
+    shapes[f"fc{f.layer}"] = (fin, f.features)
+    fin = f.features
+  shapes["fc8"] = (fin, arch.num_classes)
+
+  params = {}
+  for i, (name, shape) in enumerate(shapes.items()):
+    fan_in = math.prod(shape[:-1])
+    std = 1e-2 if scheme == "paper" else math.sqrt(2.0 / fan_in)
+    w = std * jax.random.normal(jax.random.fold_in(rng, i), shape, jnp.float32)
+    params[name] = {"w": w, "b": jnp.zeros(shape[-1:], jnp.float32)}
+  return params
+
+
+def _dropout(x, rate, rng):
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+
+
+def apply(params: Params, images: jax.Array, arch: Arch, *, train: bool = False,
+          rng: jax.Array | None = None) -> tuple[jax.Array, Trace]:
+  """Forward pass: logits and the `Trace` the deconvnet needs.
+
+  Args:
+    params: from `init` (or a checkpoint).
+    images: (N, H, W, 3) float32, already preprocessed (mean-subtracted,
+      roughly [-128, 128], Section 3).
+    arch: the architecture (static under jit).
+    train: apply dropout to the hidden fully connected layers (Section 3:
+      "Dropout ... is used in the fully connected layers (6 and 7) with a
+      rate of 0.5").
+    rng: a `jax.random.key`, required when `train` and `arch.dropout > 0`.
+
+  Returns:
+    (logits (N, C), Trace).
+  """
+  size = arch.image_size
+  if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+    raise ValueError(f"images of shape {tuple(images.shape)} do not fit arch {arch.name!r}: "
+                     f"expected (N, {size}, {size}, 3)")
+  dropout = train and arch.dropout > 0
+  if dropout and rng is None:
+    raise ValueError("apply(train=True) needs rng= (a jax.random.key) for dropout")
+
+  x = images
+  activations, switches = {}, {}
+  for c in arch.convs:
+    p = params[f"conv{c.layer}"]
+    x = layers.relu(layers.conv2d(x, p["w"], p["b"], c.stride, c.padding))
+    if c.pool is not None:
+      x, switches[c.layer] = layers.max_pool(x, c.pool.window, c.pool.stride, c.pool.padding)
+    activations[c.layer] = x
+    if c.norm is not None:
+      x = layers.lrn(x, c.norm.size, c.norm.alpha, c.norm.beta, c.norm.k)
+
+  x = x.reshape(x.shape[0], -1)
+  for f in arch.fcs:
+    p = params[f"fc{f.layer}"]
+    x = layers.relu(x @ p["w"] + p["b"])
+    if dropout:
+      x = _dropout(x, arch.dropout, jax.random.fold_in(rng, f.layer))
+  logits = x @ params["fc8"]["w"] + params["fc8"]["b"]
+  return logits, Trace(images=images, activations=activations, switches=switches)
+
+
+def activation_shapes(arch: Arch, batch: int = 1) -> dict[int, tuple[int, ...]]:
+  """Shape of `Trace.activations[l]` for every conv layer, for a batch of `batch`."""
+  return {l: (batch, *s["out"]) for l, s in feature_shapes(arch).items()}
