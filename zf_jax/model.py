@@ -8,6 +8,7 @@ in NHWC order; "fc8" is always the C-way softmax layer.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -35,6 +36,7 @@ class Trace:
   switches: dict[int, layers.Switches]
 
 
+@functools.partial(jax.jit, static_argnames=("arch", "scheme"))
 def init(rng: jax.Array, arch: Arch, *, scheme: str = "paper") -> Params:
   """Initial parameters.
 
@@ -61,11 +63,16 @@ def init(rng: jax.Array, arch: Arch, *, scheme: str = "paper") -> Params:
     fin = f.features
   shapes["fc8"] = (fin, arch.num_classes)
 
-  params = {}
-  for i, (name, shape) in enumerate(shapes.items()):
+  # One draw for all weights: each separate threefry call costs seconds of
+  # XLA compile time on CPU.
+  sizes = [math.prod(shape) for shape in shapes.values()]
+  noise = jax.random.normal(rng, (sum(sizes),), jnp.float32)
+  params, start = {}, 0
+  for (name, shape), size in zip(shapes.items(), sizes):
     fan_in = math.prod(shape[:-1])
     std = 1e-2 if scheme == "paper" else math.sqrt(2.0 / fan_in)
-    w = std * jax.random.normal(jax.random.fold_in(rng, i), shape, jnp.float32)
+    w = std * noise[start:start + size].reshape(shape)
+    start += size
     params[name] = {"w": w, "b": jnp.zeros(shape[-1:], jnp.float32)}
   return params
 
