@@ -23,8 +23,16 @@ import re
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
+
+# Quiet TensorFlow's C++ start-up lines; TF only decodes and resizes images
+# here, so its oneDNN kernels (whose notice cannot otherwise be silenced)
+# buy nothing.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow_datasets as tfds
+
+from zf_jax import datasets as _datasets  # noqa: F401  (registers fashion_mnist_debian)
 
 
 def _hide_gpus_from_tensorflow() -> None:

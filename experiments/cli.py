@@ -1,0 +1,46 @@
+"""What every experiment binary shares: quiet TensorFlow, one-line errors.
+
+`run(main)` is `absl.app.run(main)` where a bad flag, a missing flagfile or
+a configuration error (ValueError, FileNotFoundError, ...) ends the program
+with one line on stderr saying what is wrong and exit status 2 (1 for a run
+that failed), never a traceback.
+"""
+
+import os
+import sys
+
+# TensorFlow (tf.data only) prints its C++ start-up chatter unless told not to
+# (zf_jax.input_pipeline says why oneDNN is off too).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Errors that mean "the request is wrong", reported in one line.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+
+
+def fail(message: str, status: int = 2):
+  """Ends the program with `message` as its only line on stderr."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _parse(argv):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(f"{str(e).removeprefix('ERROR:: ')} (see --helpshort)")
+
+
+def run(main) -> None:
+  """absl.app.run(main) with one-line errors for bad flags and bad requests."""
+  def wrapped(argv):
+    if len(argv) > 1:
+      fail(f"unexpected arguments {argv[1:]}: every option is a --flag")
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  app.run(wrapped, flags_parser=_parse)
