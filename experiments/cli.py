@@ -18,7 +18,8 @@ from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-positio
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Errors that mean "the request is wrong", reported in one line.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+# (OSError covers missing files and datasets that cannot be downloaded.)
+USER_ERRORS = (ValueError, OSError, KeyError)
 
 
 def fail(message: str, status: int = 2):

@@ -123,12 +123,15 @@ def _prepare_error(builder, cfg: InputConfig, err: Exception) -> Exception:
       return FileNotFoundError(
           f"imagenet2012 is not prepared: tfds needs {' and '.join(_IMAGENET_TARS)} (from "
           f"image-net.org) in {manual}/ (missing: {', '.join(missing)}); put them there and rerun")
-  elif getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+  if isinstance(err, FileNotFoundError) and str(err):
+    return FileNotFoundError(cause)  # The builder already said what is missing.
+  if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
     return FileNotFoundError(
         f"{cfg.dataset} needs a manual download into {manual}/ (see https://www.tensorflow.org/"
         f"datasets/catalog/{builder.name}); tfds said: {cause}")
-  return RuntimeError(f"could not download and prepare {cfg.dataset} in {_data_dir_root(cfg)} "
-                      f"({type(err).__name__}: {cause}); prepare it with tfds first")
+  # OSError: mostly no network; the binaries report it in one line.
+  return OSError(f"could not download and prepare {cfg.dataset} in {_data_dir_root(cfg)} "
+                 f"({type(err).__name__}: {cause}); prepare it with tfds first")
 
 
 def _builder(cfg: InputConfig):

@@ -230,7 +230,7 @@ def make_eval_step(arch: Arch, mesh: jax.sharding.Mesh | None = None):
 def sums_from_probs(probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
   """Masked error counts and loss of class probabilities (one model or an ensemble)."""
   mask = mask.astype(jnp.float32)
-  log_p = jnp.log(jnp.clip(probs, 1e-12))
+  log_p = jnp.log(jnp.maximum(probs, jnp.finfo(probs.dtype).tiny))
   _, c1, c5 = _loss_and_metrics(log_p, labels)
   nll = -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
   return {"count": jnp.sum(mask), "loss": jnp.sum(nll * mask),

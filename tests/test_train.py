@@ -1,0 +1,162 @@
+"""Section 3's recipe: RMS renormalisation, SGD + momentum, dropout, evaluation averaging."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from zf_jax import arch as arch_lib
+from zf_jax import model, train
+
+TINY = arch_lib.get("zfnet_tiny")
+
+
+def _filter_rms(w):
+  return np.sqrt(np.mean(np.square(np.asarray(w)), axis=(0, 1, 2)))
+
+
+def _batch(n=8, seed=0, arch=TINY):
+  rng = np.random.default_rng(seed)
+  return {"image": jnp.asarray(rng.uniform(-128, 128, (n, arch.image_size, arch.image_size, 3)),
+                               jnp.float32),
+          "label": jnp.asarray(rng.integers(0, arch.num_classes, n), jnp.int32)}
+
+
+def test_clip_filter_rms_projects_onto_the_radius():
+  params = model.init(jax.random.key(0), TINY, scheme="he")
+  params = {k: {"w": 5 * v["w"], "b": v["b"] + 1.0} for k, v in params.items()}  # RMS > 0.3.
+  params["conv3"]["w"] = params["conv3"]["w"] * 1e-3  # These stay inside the radius.
+  clipped = train.clip_filter_rms(params, 0.1)
+  for name in ("conv1", "conv2", "conv4", "conv5"):
+    before, after = _filter_rms(params[name]["w"]), _filter_rms(clipped[name]["w"])
+    assert (before > 0.1).all()
+    np.testing.assert_allclose(after, 0.1, rtol=1e-5)  # Rescaled to exactly the radius ...
+    # ... by a per-filter scale (direction kept).
+    ratio = np.asarray(clipped[name]["w"]) / np.asarray(params[name]["w"])
+    np.testing.assert_allclose(ratio, np.broadcast_to(0.1 / before, ratio.shape), rtol=1e-4)
+  np.testing.assert_array_equal(clipped["conv3"]["w"], params["conv3"]["w"])
+  for name in ("fc6", "fc7", "fc8"):
+    np.testing.assert_array_equal(clipped[name]["w"], params[name]["w"])
+  for name in params:
+    np.testing.assert_array_equal(clipped[name]["b"], params[name]["b"])
+  twice = train.clip_filter_rms(clipped, 0.1)
+  for name in params:
+    np.testing.assert_allclose(twice[name]["w"], clipped[name]["w"], rtol=1e-6)
+
+
+def test_one_filter_above_radius_is_the_only_one_changed():
+  params = model.init(jax.random.key(1), TINY)  # Paper init: RMS ~ 0.01.
+  w = np.array(params["conv1"]["w"])
+  w[..., 3] *= 50.0  # RMS ~ 0.5.
+  params["conv1"]["w"] = jnp.asarray(w)
+  clipped = np.asarray(train.clip_filter_rms(params)["conv1"]["w"])
+  np.testing.assert_allclose(_filter_rms(clipped)[3], 0.1, rtol=1e-5)
+  np.testing.assert_array_equal(np.delete(clipped, 3, -1), np.delete(w, 3, -1))
+
+
+def test_train_step_is_sgd_with_momentum_then_rms_clipping():
+  cfg = train.TrainConfig(batch_size=8, dropout=0.0, rms_radius=0.1, init_scheme="he",
+                          learning_rate=1e-3, momentum=0.9, weight_decay=5e-4)
+  arch = dataclasses.replace(TINY, dropout=0.0)
+  state = train.create_train_state(jax.random.key(2), arch, cfg)
+  step = train.make_train_step(arch, cfg)
+  params = jax.tree.map(np.asarray, state.params)
+  velocity = jax.tree.map(np.zeros_like, params)
+
+  @jax.jit
+  def grad(p, batch):
+    def loss(p):
+      logits, _ = model.apply(p, batch["image"], arch)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    return jax.grad(loss)(p)
+
+  for i in range(3):
+    batch = _batch(seed=i)
+    grads = jax.tree.map(np.asarray, grad(params, batch))
+    # Weight decay on weights only, momentum trace, learning rate, then renormalise.
+    grads = {k: {"w": g["w"] + 5e-4 * params[k]["w"], "b": g["b"]} for k, g in grads.items()}
+    velocity = jax.tree.map(lambda v, g: 0.9 * v + g, velocity, grads)
+    params = jax.tree.map(lambda p, v: p - 1e-3 * v, params, velocity)
+    params = jax.tree.map(np.asarray, train.clip_filter_rms(params, 0.1))
+    state, metrics = step(state, batch)
+    assert int(state.step) == i + 1
+  for name in params:
+    np.testing.assert_allclose(state.params[name]["w"], params[name]["w"], rtol=1e-4, atol=1e-6)
+    if name.startswith("conv"):
+      assert (_filter_rms(state.params[name]["w"]) <= 0.1 + 1e-6).all()
+  assert set(metrics) == {"loss", "top1_error", "top5_error", "learning_rate"}
+
+
+def test_train_step_learns_and_dropout_depends_on_step():
+  cfg = train.TrainConfig(batch_size=8, init_scheme="he", learning_rate=1e-3)
+  state = train.create_train_state(jax.random.key(3), TINY, cfg)
+  step = train.make_train_step(TINY, cfg)
+  batch = _batch(seed=7)
+  losses = []
+  for _ in range(30):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.5 * losses[0]  # It fits one fixed batch.
+  # Same state and batch give the same step (RNG is fold_in(key, step)) ...
+  s1 = train.create_train_state(jax.random.key(3), TINY, cfg)
+  s2 = train.create_train_state(jax.random.key(3), TINY, cfg)
+  a, _ = step(s1, batch)
+  b, _ = step(s2, batch)
+  np.testing.assert_array_equal(a.params["fc6"]["w"], b.params["fc6"]["w"])
+  # ... and a different step number draws a different dropout mask.
+  c, _ = step(train.create_train_state(jax.random.key(3), TINY, cfg).replace(step=jnp.int32(5)),
+              batch)
+  assert not np.allclose(a.params["fc6"]["w"], c.params["fc6"]["w"])
+
+
+def test_manual_schedule_and_plateau_scale_the_learning_rate():
+  cfg = train.TrainConfig(batch_size=8, init_scheme="he", lr_schedule="manual",
+                          lr_decay_steps=(2,), learning_rate=0.05)
+  state = train.create_train_state(jax.random.key(4), TINY, cfg)
+  step = train.make_train_step(TINY, cfg)
+  rates = []
+  for i in range(4):
+    state, metrics = step(state, _batch(seed=i))
+    rates.append(float(metrics["learning_rate"]))
+  np.testing.assert_allclose(rates, [0.05, 0.05, 0.005, 0.005], rtol=1e-6)
+
+  cfg = train.TrainConfig(batch_size=8, plateau_patience=2)
+  state = train.create_train_state(jax.random.key(4), TINY, cfg)
+  scales = []
+  for error in (0.5, 0.4, 0.4, 0.4, 0.4):
+    state = train.update_plateau(state, jnp.float32(error), cfg)
+    scales.append(float(state.plateau.scale))
+  assert scales == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.1])
+  _, metrics = train.make_train_step(TINY, cfg)(state, _batch())
+  assert float(metrics["learning_rate"]) == pytest.approx(1e-3)
+
+
+def test_eval_step_averages_softmax_over_crops_and_masks_padding():
+  params = model.init(jax.random.key(5), TINY, scheme="he")
+  params["fc8"]["w"] = params["fc8"]["w"] * 1e-2  # Moderate logits: no probability underflows.
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.uniform(-128, 128, (4, 10, 32, 32, 3)), jnp.float32)
+  labels = jnp.asarray([1, 2, 3, 4], jnp.int32)
+  mask = jnp.asarray([1, 1, 1, 0], jnp.float32)
+  sums, probs = train.make_eval_step(TINY)(params, {"image": images, "label": labels,
+                                                     "mask": mask})
+  per_crop = jax.nn.softmax(model.apply(params, images.reshape(40, 32, 32, 3), TINY)[0])
+  expected = np.asarray(per_crop).reshape(4, 10, -1).mean(1)
+  np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-7)
+  top1 = expected.argmax(-1) != np.asarray(labels)
+  assert float(sums["count"]) == 3
+  assert float(sums["top1_errors"]) == top1[:3].sum()
+  nll = -np.log(expected[np.arange(4), labels])
+  np.testing.assert_allclose(float(sums["loss"]), nll[:3].sum(), rtol=1e-4)
+
+
+def test_bad_recipe_values_are_one_line_errors():
+  with pytest.raises(ValueError, match="unknown lr_schedule 'cosine'; choose one of plateau"):
+    train.TrainConfig(lr_schedule="cosine")
+  with pytest.raises(ValueError, match="rms_radius must be > 0"):
+    train.TrainConfig(rms_radius=0.0)
+  with pytest.raises(ValueError, match="learning_rate must be > 0"):
+    train.TrainConfig(learning_rate=-1.0)
