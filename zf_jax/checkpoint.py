@@ -64,6 +64,7 @@ class Checkpointer:
       keep_steps: Iterable[int] = (),
       async_save: bool = True,
       save_interval_steps: int = 1,
+      read_only: bool = False,
   ):
     """Opens (creating if needed) the checkpoint directory.
 
@@ -75,6 +76,9 @@ class Checkpointer:
       async_save: if True, `save` returns once arrays are copied to host and
         the write continues in a background thread.
       save_interval_steps: cadence used only by `save(..., force=False)`.
+      read_only: only restore (e.g. to evaluate a run that is still
+        training): nothing is created or deleted, so a save in progress in
+        another process is left alone.
     """
     if keep_latest < 1:
       raise ValueError(f"keep_latest must be >= 1, got {keep_latest}")
@@ -97,8 +101,9 @@ class Checkpointer:
         save_decision_policy=save_decision,
         enable_async_checkpointing=async_save,
         # Temp dirs left by a killed save are never restorable; drop them.
-        cleanup_tmp_directories=True,
-        create=True,
+        cleanup_tmp_directories=not read_only,
+        create=not read_only,
+        read_only=read_only,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 

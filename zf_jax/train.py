@@ -204,6 +204,7 @@ def make_train_step(arch: Arch, config: TrainConfig, mesh: jax.sharding.Mesh | N
   return jax.jit(step, donate_argnums=0, **shardings)
 
 
+@functools.lru_cache(maxsize=16)  # One compile per (arch, mesh), however many evaluations.
 def make_eval_step(arch: Arch, mesh: jax.sharding.Mesh | None = None):
   """Returns `eval_step(params, batch) -> (sums, probs)`, jit-compiled.
 
