@@ -16,6 +16,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Errors that mean "the request is wrong", reported in one line.
 # (OSError covers missing files and datasets that cannot be downloaded.)
@@ -40,6 +41,9 @@ def run(main) -> None:
   def wrapped(argv):
     if len(argv) > 1:
       fail(f"unexpected arguments {argv[1:]}: every option is a --flag")
+    if not flags.FLAGS["verbosity"].present:
+      # orbax and tfds log every file they touch at INFO; progress is ours to print.
+      logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
     except USER_ERRORS as e:

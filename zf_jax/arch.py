@@ -133,8 +133,9 @@ def feature_shapes(arch: Arch) -> dict[int, dict[str, tuple[int, int, int]]]:
     if c.pool is not None:
       out = _out_size(conv, c.pool.window, c.pool.stride, c.pool.padding[0])
     if conv < 1 or out < 1:
-      raise ValueError(f"arch {arch.name!r}: layer {c.layer} shrinks a {size}x{size} input to "
-                       f"{out}x{out}; use a larger image_size or less stride")
+      raise ValueError(f"arch {arch.name!r} at image_size {arch.image_size}: layer {c.layer} "
+                       f"shrinks a {size}x{size} input to {out}x{out}; use a larger "
+                       "image_size or less stride")
     shapes[c.layer] = {"conv": (conv, conv, c.features), "out": (out, out, c.features)}
     size = out
   return shapes

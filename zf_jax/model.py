@@ -21,6 +21,7 @@ from zf_jax.arch import Arch, feature_shapes, flat_features
 Params = dict[str, dict[str, jax.Array]]
 
 INIT_SCHEMES = ("paper", "he")
+INPUT_SCALE = 64.0  # Std of mean-subtracted pixels in [-128, 128] (Section 3), roughly.
 
 
 @struct.dataclass
@@ -45,7 +46,10 @@ def init(rng: jax.Array, arch: Arch, *, scheme: str = "paper") -> Params:
     arch: the architecture.
     scheme: "paper" — Section 3: "All weights are initialized to 10^-2 and
       biases are set to 0", read as weights ~ N(0, 0.01^2); "he" — N(0,
-      2 / fan_in), which trains small models faster from scratch.
+      2 / fan_in) (He et al. 2015), with the first layer's weights also
+      divided by `INPUT_SCALE`, the spread of the paper's mean-subtracted
+      pixels, so every layer sees unit-scale inputs: small models train from
+      scratch in a few hundred steps, where the paper's init starts slowly.
 
   Returns:
     The parameter dict described in the module docstring.
@@ -71,6 +75,8 @@ def init(rng: jax.Array, arch: Arch, *, scheme: str = "paper") -> Params:
   for (name, shape), size in zip(shapes.items(), sizes):
     fan_in = math.prod(shape[:-1])
     std = 1e-2 if scheme == "paper" else math.sqrt(2.0 / fan_in)
+    if scheme == "he" and name == "conv1":
+      std /= INPUT_SCALE
     w = std * noise[start:start + size].reshape(shape)
     start += size
     params[name] = {"w": w, "b": jnp.zeros(shape[-1:], jnp.float32)}

@@ -296,9 +296,11 @@ def _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, work
     s, m = item
     loss = float(m["loss"])
     if not math.isfinite(loss):
-      raise NonFiniteLossError(
-          f"loss is {loss} at step {s}; stopped without saving it. The last good checkpoint "
-          f"(step {ckpt.latest_step()}) is untouched: lower the learning rate and resume")
+      last = ckpt.latest_step()
+      kept = ("no checkpoint was saved yet" if last is None else
+              f"the last good checkpoint (step {last}) is untouched")
+      raise NonFiniteLossError(f"loss is {loss} at step {s}; stopped without saving it and "
+                               f"{kept}: lower the learning rate and rerun")
     return s, {k: float(v) for k, v in m.items()}
 
   def save(step, state):
