@@ -163,9 +163,9 @@ def create_train_state(rng: jax.Array, arch: Arch, config: TrainConfig,
 
 def _loss_and_metrics(logits, labels):
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  top5 = jax.lax.top_k(logits, 5)[1] if logits.shape[-1] >= 5 else None
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]  # < 5 classes: all of them.
   correct1 = jnp.argmax(logits, -1) == labels
-  correct5 = correct1 if top5 is None else jnp.any(top5 == labels[:, None], axis=-1)
+  correct5 = jnp.any(top5 == labels[:, None], axis=-1)
   return loss, correct1, correct5
 
 

@@ -337,8 +337,9 @@ def _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, work
         _say(f"epoch {step // spe}: validation top-1 error {r['top1_error']:.4f}, "
              f"top-5 {r['top5_error']:.4f}")
       stopping = stop.is_set()
-      if jax.process_count() > 1 and step % cfg.log_every == 0:
-        stopping = bool(multihost_utils.process_allgather(np.array(stopping)).any())
+      if jax.process_count() > 1:  # Hosts see a signal at different steps; stop together.
+        stopping = step % cfg.log_every == 0 and bool(
+            multihost_utils.process_allgather(np.array(stopping)).any())
       if step % cfg.checkpoint_every == 0 or epoch_end or step == total or stopping:
         check(pending)  # Never save a non-finite state.
         save(step, state)
