@@ -160,3 +160,9 @@ def test_bad_recipe_values_are_one_line_errors():
     train.TrainConfig(rms_radius=0.0)
   with pytest.raises(ValueError, match="learning_rate must be > 0"):
     train.TrainConfig(learning_rate=-1.0)
+
+
+def test_top5_error_counts_every_class_when_there_are_fewer_than_five():
+  probs = jnp.asarray([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], jnp.float32)
+  sums = train.sums_from_probs(probs, jnp.asarray([2, 0]), jnp.ones(2))
+  assert float(sums["top1_errors"]) == 2.0 and float(sums["top5_errors"]) == 0.0
