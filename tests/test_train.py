@@ -26,8 +26,8 @@ def _batch(n=8, seed=0, arch=TINY):
 
 
 def test_clip_filter_rms_projects_onto_the_radius():
-  params = model.init(jax.random.key(0), TINY, scheme="he")
-  params = {k: {"w": 5 * v["w"], "b": v["b"] + 1.0} for k, v in params.items()}  # RMS > 0.3.
+  params = model.init(jax.random.key(0), TINY)  # Paper init: RMS ~ 0.01 ...
+  params = {k: {"w": 50 * v["w"], "b": v["b"] + 1.0} for k, v in params.items()}  # ... now ~ 0.5.
   params["conv3"]["w"] = params["conv3"]["w"] * 1e-3  # These stay inside the radius.
   clipped = train.clip_filter_rms(params, 0.1)
   for name in ("conv1", "conv2", "conv4", "conv5"):
@@ -91,15 +91,17 @@ def test_train_step_is_sgd_with_momentum_then_rms_clipping():
 
 
 def test_train_step_learns_and_dropout_depends_on_step():
-  cfg = train.TrainConfig(batch_size=8, init_scheme="he", learning_rate=1e-3)
-  state = train.create_train_state(jax.random.key(3), TINY, cfg)
-  step = train.make_train_step(TINY, cfg)
+  fit = train.TrainConfig(batch_size=8, init_scheme="he", learning_rate=1e-3, dropout=0.0)
+  state = train.create_train_state(jax.random.key(3), TINY, fit)
+  step = train.make_train_step(TINY, fit)
   batch = _batch(seed=7)
   losses = []
   for _ in range(30):
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
-  assert losses[-1] < 0.5 * losses[0]  # It fits one fixed batch.
+  assert losses[-1] < 0.1 * losses[0]  # It memorises one fixed batch.
+  cfg = train.TrainConfig(batch_size=8, init_scheme="he", learning_rate=1e-3)  # Dropout 0.5.
+  step = train.make_train_step(TINY, cfg)
   # Same state and batch give the same step (RNG is fold_in(key, step)) ...
   s1 = train.create_train_state(jax.random.key(3), TINY, cfg)
   s2 = train.create_train_state(jax.random.key(3), TINY, cfg)

@@ -22,6 +22,8 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -51,6 +53,18 @@ def _as_abstract(leaf: Any) -> Any:
   if isinstance(leaf, jax.Array):
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
   return leaf
+
+
+@contextlib.contextmanager
+def _quiet_absl(quiet: bool):
+  logger = logging.getLogger("absl")
+  level = logger.level
+  if quiet:
+    logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 class Checkpointer:
@@ -96,16 +110,18 @@ class Checkpointer:
         ocm.SpecificStepsPolicy(self.keep_steps),
         ocm.PreemptionCheckpointingPolicy(),
     ])
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=preservation,
-        save_decision_policy=save_decision,
-        enable_async_checkpointing=async_save,
-        # Temp dirs left by a killed save are never restorable; drop them.
-        cleanup_tmp_directories=not read_only,
-        create=not read_only,
-        read_only=read_only,
-    )
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    # orbax warns on every read-only open that it will not save; that is the point.
+    with _quiet_absl(read_only):
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=preservation,
+          save_decision_policy=save_decision,
+          enable_async_checkpointing=async_save,
+          # Temp dirs left by a killed save are never restorable; drop them.
+          cleanup_tmp_directories=not read_only,
+          create=not read_only,
+          read_only=read_only,
+      )
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     """Returns the newest saved step, or None if there is none.
