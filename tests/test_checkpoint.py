@@ -231,7 +231,7 @@ def test_restore_places_arrays_with_the_targets_mesh_sharding(tmp_path):
 def test_read_only_leaves_a_save_in_progress_alone(tmp_path):
   with Checkpointer(tmp_path / "ckpt", async_save=False) as ckpt:
     _save(ckpt, 1)
-  in_progress = tmp_path / "ckpt" / f"2{_TMP_SUFFIX}-1700000000"  # Another process's unfinished save.
+  in_progress = tmp_path / "ckpt" / f"2{_TMP_SUFFIX}-1700000000"  # Unfinished save.
   in_progress.mkdir()
   with Checkpointer(tmp_path / "ckpt", read_only=True) as reader:
     assert reader.latest_step() == 1

@@ -206,9 +206,10 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   batch = cfg.train.batch_size
-  if batch % jax.device_count():
-    raise ValueError(f"batch size {batch} is not divisible by the {jax.device_count()} devices; "
-                     f"use a multiple of {jax.device_count()}")
+  for name, size in (("batch size", batch), ("evaluation batch size", cfg.eval_batch_size)):
+    if size is not None and size % jax.device_count():
+      raise ValueError(f"{name} {size} is not divisible by the {jax.device_count()} devices; "
+                       f"use a multiple of {jax.device_count()}")
   mesh = make_mesh()
   arch = arch_lib.get(cfg.arch)
   icfg = input_config(cfg, arch.image_size, batch)
@@ -226,11 +227,12 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
       json.dump({**dataclasses.asdict(cfg), "num_classes": arch.num_classes,
                  "steps_per_epoch": spe, "total_steps": total}, f, indent=2)
 
+  # Process 0 computes the mean image (cached beside the data); the others then read it.
   if jax.process_index() == 0:
-    mean = input_pipeline.load_or_compute_mean_image(icfg)  # Cached beside the data.
+    input_pipeline.load_or_compute_mean_image(icfg)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("mean image")
-  mean = input_pipeline.load_or_compute_mean_image(icfg) if jax.process_index() else mean
+  mean = input_pipeline.load_or_compute_mean_image(icfg)
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  keep_latest=cfg.keep_checkpoints, keep_steps=keep)
@@ -254,6 +256,10 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
   return summary
 
 
+def _eval_input(cfg: RunConfig, icfg: input_pipeline.InputConfig) -> input_pipeline.InputConfig:
+  return dataclasses.replace(icfg, global_batch_size=cfg.eval_batch_size or icfg.global_batch_size)
+
+
 def _final_eval(cfg, arch, icfg, mesh, mean, state, workdir):
   path = os.path.join(workdir, "summary.json")
   if os.path.exists(path):
@@ -262,7 +268,7 @@ def _final_eval(cfg, arch, icfg, mesh, mean, state, workdir):
     if done.get("step") == int(state.step) and "eval" in done:
       _say(f"training is already complete ({done['step']} steps); results in {path}")
       return {"eval": done["eval"], "already_complete": True}
-  icfg_eval = dataclasses.replace(icfg, global_batch_size=cfg.eval_batch_size or icfg.global_batch_size)
+  icfg_eval = _eval_input(cfg, icfg)
   results = {}
   for crops in cfg.final_eval_crops:
     r = evaluate(state.params, arch, icfg_eval, mesh, crops=crops, mean=mean)
@@ -287,7 +293,7 @@ def _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, work
   log = _Log(workdir)
   stop = threading.Event()
   previous = _install_stop_handlers(stop)
-  icfg_eval = dataclasses.replace(icfg, global_batch_size=cfg.eval_batch_size or icfg.global_batch_size)
+  icfg_eval = _eval_input(cfg, icfg)
   best = meta.get("best_validation_error")
   t0, n0, step = time.time(), start, start
   pending = None  # (step, metrics) of the last dispatched step, checked one step late.
