@@ -20,7 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from zf_jax import layers
+from zf_jax import layers, model
 from zf_jax.arch import Arch
 from zf_jax.model import Params, Trace
 
@@ -35,23 +35,6 @@ def _check(arch: Arch, trace: Trace, layer: int, mode: str) -> None:
                      f"{list(arch.conv_layers)}")
   if layer not in trace.activations:
     raise ValueError(f"the trace holds no activations of layer {layer}")
-
-
-def _relu_masks(params: Params, arch: Arch, images: jax.Array, top: int) -> dict[int, jax.Array]:
-  """The forward relu masks (pre-activation > 0) of conv layers 1..top."""
-  masks, x = {}, images
-  for c in arch.convs:
-    if c.layer > top:
-      break
-    p = params[f"conv{c.layer}"]
-    z = layers.conv2d(x, p["w"], p["b"], c.stride, c.padding)
-    masks[c.layer] = z > 0
-    x = layers.relu(z)
-    if c.pool is not None:
-      x, _ = layers.max_pool(x, c.pool.window, c.pool.stride, c.pool.padding)
-    if c.norm is not None:
-      x = layers.lrn(x, c.norm.size, c.norm.alpha, c.norm.beta, c.norm.k)
-  return masks
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "layer", "mode"))
@@ -85,7 +68,8 @@ def project(params: Params, arch: Arch, trace: Trace, layer: int, selection: jax
     raise ValueError(f"selection of shape {selection.shape} does not match layer {layer}'s "
                      f"activations {expected}")
   convs = [c for c in arch.convs if c.layer <= layer]
-  masks = _relu_masks(params, arch, trace.images, layer) if mode != "deconvnet" else {}
+  # The forward relu masks, recomputed from the images (once per trace under vmap).
+  masks = model.conv_stack(params, trace.images, arch, layer)[3] if mode != "deconvnet" else {}
   signal = selection
   for i in reversed(range(len(convs))):
     c = convs[i]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from zf_jax import layers
-from zf_jax.arch import Arch, feature_shapes, flat_features
+from zf_jax.arch import Arch, flat_features
 
 Params = dict[str, dict[str, jax.Array]]
 
@@ -83,6 +83,31 @@ def init(rng: jax.Array, arch: Arch, *, scheme: str = "paper") -> Params:
   return params
 
 
+def conv_stack(params: Params, images: jax.Array, arch: Arch, top: int | None = None):
+  """The conv layers 1..`top` (all by default): conv -> relu -> [max pool] -> [LRN] (Fig. 3).
+
+  Returns:
+    (output of the last layer run, after its LRN; activations {l: after pool,
+    before LRN}; switches {l: Switches}; relu masks {l: conv output > 0}).
+    Unused parts cost nothing under jit.
+  """
+  x = images
+  activations, switches, positive = {}, {}, {}
+  for c in arch.convs:
+    if top is not None and c.layer > top:
+      break
+    p = params[f"conv{c.layer}"]
+    z = layers.conv2d(x, p["w"], p["b"], c.stride, c.padding)
+    positive[c.layer] = z > 0
+    x = layers.relu(z)
+    if c.pool is not None:
+      x, switches[c.layer] = layers.max_pool(x, c.pool.window, c.pool.stride, c.pool.padding)
+    activations[c.layer] = x
+    if c.norm is not None:
+      x = layers.lrn(x, c.norm.size, c.norm.alpha, c.norm.beta, c.norm.k)
+  return x, activations, switches, positive
+
+
 def _dropout(x, rate, rng):
   keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
@@ -113,17 +138,7 @@ def apply(params: Params, images: jax.Array, arch: Arch, *, train: bool = False,
   if dropout and rng is None:
     raise ValueError("apply(train=True) needs rng= (a jax.random.key) for dropout")
 
-  x = images
-  activations, switches = {}, {}
-  for c in arch.convs:
-    p = params[f"conv{c.layer}"]
-    x = layers.relu(layers.conv2d(x, p["w"], p["b"], c.stride, c.padding))
-    if c.pool is not None:
-      x, switches[c.layer] = layers.max_pool(x, c.pool.window, c.pool.stride, c.pool.padding)
-    activations[c.layer] = x
-    if c.norm is not None:
-      x = layers.lrn(x, c.norm.size, c.norm.alpha, c.norm.beta, c.norm.k)
-
+  x, activations, switches, _ = conv_stack(params, images, arch)
   x = x.reshape(x.shape[0], -1)
   for f in arch.fcs:
     p = params[f"fc{f.layer}"]
@@ -132,8 +147,3 @@ def apply(params: Params, images: jax.Array, arch: Arch, *, train: bool = False,
       x = _dropout(x, arch.dropout, jax.random.fold_in(rng, f.layer))
   logits = x @ params["fc8"]["w"] + params["fc8"]["b"]
   return logits, Trace(images=images, activations=activations, switches=switches)
-
-
-def activation_shapes(arch: Arch, batch: int = 1) -> dict[int, tuple[int, ...]]:
-  """Shape of `Trace.activations[l]` for every conv layer, for a batch of `batch`."""
-  return {l: (batch, *s["out"]) for l, s in feature_shapes(arch).items()}
