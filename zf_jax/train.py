@@ -107,12 +107,17 @@ def _decay_mask(params):
   return {name: {"w": True, "b": False} for name in params}
 
 
+def _schedule(config: TrainConfig) -> optax.Schedule:
+  """The learning rate by step, before the plateau rule's scale."""
+  if config.lr_schedule == "manual" and config.lr_decay_steps:
+    return optax.piecewise_constant_schedule(
+        config.learning_rate, {int(s): config.lr_decay_factor for s in config.lr_decay_steps})
+  return optax.constant_schedule(config.learning_rate)
+
+
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   """SGD with momentum (Section 3), optional weight decay on weights, manual schedule."""
-  lr = config.learning_rate
-  if config.lr_schedule == "manual" and config.lr_decay_steps:
-    lr = optax.piecewise_constant_schedule(
-        lr, {int(s): config.lr_decay_factor for s in config.lr_decay_steps})
+  lr = _schedule(config)
   parts = []
   if config.weight_decay:
     parts.append(optax.add_decayed_weights(config.weight_decay, mask=_decay_mask))
@@ -129,11 +134,7 @@ def make_plateau(config: TrainConfig) -> optax.GradientTransformationExtraArgs:
 
 def learning_rate(state: TrainState, config: TrainConfig) -> jax.Array:
   """The learning rate in force at `state.step` (schedule times plateau scale)."""
-  lr = jnp.asarray(config.learning_rate, jnp.float32)
-  if config.lr_schedule == "manual":
-    for s in config.lr_decay_steps:
-      lr = jnp.where(state.step >= s, lr * config.lr_decay_factor, lr)
-  return lr * state.plateau.scale
+  return _schedule(config)(state.step) * state.plateau.scale
 
 
 def _replicated(mesh):
@@ -161,12 +162,10 @@ def create_train_state(rng: jax.Array, arch: Arch, config: TrainConfig,
   return jax.jit(init, out_shardings=_replicated(mesh))()
 
 
-def _loss_and_metrics(logits, labels):
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]  # < 5 classes: all of them.
-  correct1 = jnp.argmax(logits, -1) == labels
-  correct5 = jnp.any(top5 == labels[:, None], axis=-1)
-  return loss, correct1, correct5
+def _correct(scores, labels):
+  """Whether each label is the top-1 / among the top-5 scores (logits or log-probs)."""
+  top5 = jax.lax.top_k(scores, min(5, scores.shape[-1]))[1]  # < 5 classes: all of them.
+  return jnp.argmax(scores, -1) == labels, jnp.any(top5 == labels[:, None], axis=-1)
 
 
 def make_train_step(arch: Arch, config: TrainConfig, mesh: jax.sharding.Mesh | None = None):
@@ -184,8 +183,8 @@ def make_train_step(arch: Arch, config: TrainConfig, mesh: jax.sharding.Mesh | N
 
     def loss_fn(params):
       logits, _ = model.apply(params, batch["image"], arch, train=True, rng=rng)
-      loss, c1, c5 = _loss_and_metrics(logits, batch["label"])
-      return jnp.mean(loss), (c1, c5)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+      return jnp.mean(loss), _correct(logits, batch["label"])
 
     (loss, (c1, c5)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -232,7 +231,7 @@ def sums_from_probs(probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dic
   """Masked error counts and loss of class probabilities (one model or an ensemble)."""
   mask = mask.astype(jnp.float32)
   log_p = jnp.log(jnp.maximum(probs, jnp.finfo(probs.dtype).tiny))
-  _, c1, c5 = _loss_and_metrics(log_p, labels)
+  c1, c5 = _correct(log_p, labels)
   nll = -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
   return {"count": jnp.sum(mask), "loss": jnp.sum(nll * mask),
           "top1_errors": jnp.sum((1.0 - c1) * mask), "top5_errors": jnp.sum((1.0 - c5) * mask)}
