@@ -169,11 +169,8 @@ def errors_from_probs(probs, labels) -> dict[str, float]:
     {"count", "loss", "top1_error", "top5_error"}, errors as fractions.
   """
   probs, labels = np.asarray(probs, np.float32), np.asarray(labels, np.int32)
-  sums = train.sums_from_probs(probs, labels, np.ones(labels.shape, np.float32))
-  sums = {k: float(v) for k, v in sums.items()}
-  n = max(sums["count"], 1.0)
-  return {"count": int(sums["count"]), "loss": sums["loss"] / n,
-          "top1_error": sums["top1_errors"] / n, "top5_error": sums["top5_errors"] / n}
+  return train.errors_from_sums(
+      train.sums_from_probs(probs, labels, np.ones(labels.shape, np.float32)))
 
 
 class _Average:

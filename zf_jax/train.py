@@ -237,6 +237,14 @@ def sums_from_probs(probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dic
           "top1_errors": jnp.sum((1.0 - c1) * mask), "top5_errors": jnp.sum((1.0 - c5) * mask)}
 
 
+def errors_from_sums(sums: dict[str, Any]) -> dict[str, float]:
+  """{"count", "loss", "top1_error", "top5_error"} (means) from `sums_from_probs` totals."""
+  sums = {k: float(v) for k, v in sums.items()}
+  n = max(sums["count"], 1.0)
+  return {"count": int(sums["count"]), "loss": sums["loss"] / n,
+          "top1_error": sums["top1_errors"] / n, "top5_error": sums["top5_errors"] / n}
+
+
 @functools.partial(jax.jit, static_argnames=("config",))
 def update_plateau(state: TrainState, validation_error: jax.Array, config: TrainConfig
                    ) -> TrainState:

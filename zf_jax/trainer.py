@@ -149,20 +149,15 @@ def evaluate(params, arch: arch_lib.Arch, icfg: input_pipeline.InputConfig, mesh
   eval_step = train.make_eval_step(arch, mesh)
   totals, probs, labels = None, [], []
   for batch in input_pipeline.make_eval_iterator(icfg, crops=crops, split=split, mean=mean):
-    real = batch["mask"] > 0
-    sums, p = eval_step(params, _global(batch, mesh))
+    batch = _global(batch, mesh)
+    sums, p = eval_step(params, batch)
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-    if keep_probs:
-      p = multihost_utils.process_allgather(p, tiled=True) if jax.process_count() > 1 else p
-      everywhere = lambda x: multihost_utils.process_allgather(x, tiled=False).reshape(
-          (-1,) + x.shape[1:]) if jax.process_count() > 1 else x
-      keep = everywhere(real)
-      probs.append(np.asarray(p)[keep])
-      labels.append(everywhere(batch["label"])[keep])
-  totals = {k: float(v) for k, v in totals.items()}
-  n = max(totals["count"], 1.0)
-  out = {"count": int(totals["count"]), "loss": totals["loss"] / n,
-         "top1_error": totals["top1_errors"] / n, "top5_error": totals["top5_errors"] / n}
+    if keep_probs:  # Whole global arrays on every host, padding dropped.
+      p, mask, label = (multihost_utils.process_allgather(x, tiled=True)
+                        for x in (p, batch["mask"], batch["label"]))
+      probs.append(p[mask > 0])
+      labels.append(label[mask > 0])
+  out = train.errors_from_sums(totals)
   if keep_probs:
     out["probs"], out["labels"] = np.concatenate(probs), np.concatenate(labels)
   return out
