@@ -20,7 +20,7 @@ from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-pos
 
 # Errors that mean "the request is wrong", reported in one line.
 # (OSError covers missing files and datasets that cannot be downloaded.)
-USER_ERRORS = (ValueError, OSError, KeyError)
+USER_ERRORS = (ValueError, OSError)
 
 
 def fail(message: str, status: int = 2):
