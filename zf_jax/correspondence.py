@@ -1,0 +1,543 @@
+"""Section 4.3's correspondence analysis: Table 1 and the masks of Fig. 8.
+
+The paper masks "the same part of the face" (right eye, left eye, nose) in 5
+frontal dog images, and compares with masking random parts of the object. For
+image i and layer l, eps_i^l = x_i^l - x~_i^l is the change of the layer's
+feature vector caused by the mask, and
+
+  Delta_l = sum_{i, j = 1, i != j}^N H(sign(eps_i^l), sign(eps_j^l)),
+
+H the Hamming distance: low Delta means masking the part changes the
+representation the same way in every image, i.e. the model implicitly puts the
+parts of different images in correspondence.
+
+Choices the paper leaves open (and what Table 1's column title, "Mean Feature
+Sign Change", suggests):
+
+* Normalisation. Table 1's values are below 1, so they are not the raw sum
+  (which for 9216-d layer-5 vectors would be in the thousands). We report
+  `normalised` = Delta / (N (N - 1) D): the Hamming distance as a fraction of
+  the vector length D, averaged over the ordered pairs i != j (equal to the
+  average over unordered pairs, H being symmetric). The raw sum is kept as
+  `delta`.
+* "mean +- std". For a named part the std is over the N (N - 1) / 2 image
+  pairs' fractions H / D (one masking per image, so pairs are the only thing to
+  vary over). For random parts the mean is over R draws and the std over all
+  R N (N - 1) / 2 pair fractions pooled, so both rows carry the same statistic;
+  the std of the R per-draw means is reported too (`std_over_draws`).
+* Random parts. In each draw every image gets its own, independently placed
+  box ("random parts of the object": locations need not correspond, which is
+  the point of the control), of the same size as one named part's box in that
+  image (draw r uses part r mod P, so every part size is used equally), placed
+  uniformly inside the image's object box (default: the whole image).
+* The mask fills with 0, i.e. the mean pixel (grey) after mean subtraction,
+  as Fig. 7's grey occluder. sign(0) = 0, as `np.sign`: a feature the mask
+  leaves unchanged in both images agrees.
+
+Part boxes come from a JSON "parts file" (see `parse_parts`); a built-in one
+(`builtin_parts`) covers the embedded Fashion-MNIST: 5 frontal T-shirts, with
+the two sleeves and the neck in the role of the eyes and the nose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from zf_jax import model
+from zf_jax.arch import Arch
+
+IMAGENET = "imagenet2012"
+DEFAULT_LAYERS = (5, 7)
+
+# Table 1 verbatim: occlusion location -> {layer: (mean, std)}.
+PAPER_TABLE1 = (
+    ("Right Eye", {5: (0.067, 0.007), 7: (0.069, 0.015)}),
+    ("Left Eye", {5: (0.069, 0.007), 7: (0.068, 0.013)}),
+    ("Nose", {5: (0.079, 0.017), 7: (0.069, 0.011)}),
+    ("Random", {5: (0.107, 0.017), 7: (0.073, 0.014)}),
+)
+PAPER_TITLE = "Measure of correspondence for different object parts in 5 different dog images"
+
+# Built-in parts files (in zf_jax/data/), by tfds dataset name.
+BUILTIN_PARTS = {"fashion_mnist_debian": "fashion_mnist_debian_parts.json"}
+
+PARTS_FORMAT = ('a JSON object {"image_size": S, "dataset": NAME, "split": NAME, "label": L, '
+                '"images": [{"index": I, "parts": {"left_eye": [y0, x0, y1, x1], ...}, '
+                '"object": [y0, x0, y1, x1]}, ...]} with boxes in pixels of the model\'s '
+                'S x S input crop, rows y0..y1-1 and columns x0..x1-1 (dataset, split, label and '
+                'object optional)')
+
+_TOP_KEYS = {"image_size", "images", "dataset", "split", "label", "description"}
+_IMAGE_KEYS = {"index", "parts", "object", "note"}
+
+
+# --- Delta: the consistency of sign changes (pure JAX) ---
+
+@struct.dataclass
+class Consistency:
+  """Delta_l of Section 4.3 for one set of difference vectors (see the module docstring).
+
+  delta: the paper's sum over ordered pairs i != j of H(sign(eps_i), sign(eps_j)).
+  normalised: delta / (N (N - 1) D), the mean fraction of sign changes that differ.
+  std: std of the per-pair fractions H / D over the N (N - 1) / 2 unordered pairs.
+  pair_fractions: those fractions, pairs (i < j) in row-major order.
+  """
+  delta: jax.Array
+  normalised: jax.Array
+  std: jax.Array
+  pair_fractions: jax.Array
+
+
+@jax.jit
+def sign_hamming(eps: jax.Array) -> jax.Array:
+  """(N, N) Hamming distances between the sign vectors of the rows of `eps` (N, D)."""
+  s = jnp.sign(eps)
+  return jnp.sum(s[:, None, :] != s[None, :, :], axis=-1, dtype=jnp.int32)
+
+
+@jax.jit
+def hamming_consistency(eps: jax.Array) -> Consistency:
+  """Delta_l = sum_{i != j} H(sign(eps_i), sign(eps_j)) (Section 4.3, Table 1), raw and normalised.
+
+  Args:
+    eps: (N, D) feature differences x_i - x~_i of N >= 2 images at one layer.
+
+  Returns:
+    A `Consistency`; `vmap` it over leading axes (e.g. random draws).
+  """
+  n, d = eps.shape
+  if n < 2:
+    raise ValueError(f"Delta compares pairs of images: need N >= 2 rows of eps, got {n}")
+  h = sign_hamming(eps)
+  iu, ju = np.triu_indices(n, 1)
+  fractions = h[iu, ju].astype(jnp.float32) / d
+  delta = jnp.sum(h)  # The diagonal is 0, so this is the sum over i != j.
+  return Consistency(delta=delta, normalised=delta.astype(jnp.float32) / (n * (n - 1) * d),
+                     std=jnp.std(fractions), pair_fractions=fractions)
+
+
+# --- Masks and feature differences ---
+
+def box_masks(boxes: np.ndarray, size: int) -> np.ndarray:
+  """Boolean masks (..., size, size) that are True inside boxes (..., 4) = [y0, x0, y1, x1)."""
+  boxes = np.asarray(boxes, np.int64)
+  r = np.arange(size)
+  b = boxes[..., None]
+  rows = (r >= b[..., 0, :]) & (r < b[..., 2, :])
+  cols = (r >= b[..., 1, :]) & (r < b[..., 3, :])
+  return rows[..., :, None] & cols[..., None, :]
+
+
+def occlude(images: jax.Array, masks: jax.Array, fill: float = 0.0) -> jax.Array:
+  """`images` (..., H, W, C) with the pixels where `masks` (..., H, W) is True set to `fill`.
+
+  fill=0 is the mean pixel, i.e. grey, for preprocessed (mean-subtracted) images.
+  """
+  return jnp.where(jnp.asarray(masks)[..., None], jnp.asarray(fill, images.dtype), images)
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "layers"))
+def _differences(params, images, masks, fill, arch: Arch, layers: tuple[int, ...]):
+  # The originals share the batch with their occluded copies, so that both go
+  # through the same compiled computation: a feature the mask cannot reach
+  # gives eps exactly 0, not a rounding difference.
+  k, n = masks.shape[:2]
+  occluded = occlude(images[None], masks, fill).reshape((k * n,) + images.shape[1:])
+  feats = model.features(params, jnp.concatenate([images, occluded]), arch, layers)
+  return {l: f[None, :n] - f[n:].reshape(k, n, -1) for l, f in feats.items()}
+
+
+def feature_differences(params, arch: Arch, images: np.ndarray, masks: np.ndarray, *,
+                        layers: Sequence[int] = DEFAULT_LAYERS, fill: float = 0.0,
+                        batch_size: int = 64) -> dict[int, np.ndarray]:
+  """eps_i^l = x_i^l - x~_i^l (Section 4.3) for one or many maskings of N images.
+
+  Args:
+    params, arch: the model.
+    images: (N, H, W, 3) preprocessed images.
+    masks: (N, H, W) booleans (one masking per image), or (K, N, H, W) for K
+      maskings (e.g. random draws); True = occluded.
+    layers: the paper's layer numbers (conv after relu + pool, fc after relu).
+    fill: occluder value (0: grey, the mean pixel).
+    batch_size: images per forward pass (about; at least one masking's 2N).
+
+  Returns:
+    {layer: (N, D) or (K, N, D) float32 differences}, numpy.
+  """
+  images = np.asarray(images, np.float32)
+  masks = np.asarray(masks, bool)
+  single = masks.ndim == 3
+  masks = masks[None] if single else masks
+  if masks.ndim != 4 or masks.shape[1:] != images.shape[:3]:
+    raise ValueError(f"masks must be (N, H, W) or (K, N, H, W) for images {images.shape}, "
+                     f"got {masks.shape}")
+  layers = tuple(int(l) for l in layers)
+  k, n = masks.shape[:2]
+  chunk = max(1, min(k, batch_size // n - 1))  # (chunk + 1) n images per pass.
+  out: dict[int, list[np.ndarray]] = {l: [] for l in layers}
+  for lo in range(0, k, chunk):
+    part = masks[lo:lo + chunk]
+    got = len(part)
+    if got < chunk:  # Pad with no-op maskings: one shape, one compilation.
+      part = np.concatenate([part, np.zeros((chunk - got,) + part.shape[1:], bool)])
+    eps = _differences(params, images, part, np.float32(fill), arch, layers)
+    for l in layers:
+      out[l].append(np.asarray(eps[l])[:got])
+  result = {l: np.concatenate(v) for l, v in out.items()}
+  return {l: v[0] for l, v in result.items()} if single else result
+
+
+def random_boxes(rng: np.random.Generator, sizes: np.ndarray, regions: np.ndarray) -> np.ndarray:
+  """Boxes (..., N, 4) of the given sizes (..., N, 2) = (h, w), placed uniformly in `regions`.
+
+  regions: (N, 4) [y0, x0, y1, x1] per image (the object), each box lying
+  wholly inside its image's region; independent locations for every entry.
+
+  Raises:
+    ValueError: a size that does not fit its region.
+  """
+  sizes = np.asarray(sizes, np.int64)
+  regions = np.broadcast_to(np.asarray(regions, np.int64), sizes.shape[:-1] + (4,))
+  room_y = regions[..., 2] - regions[..., 0] - sizes[..., 0]
+  room_x = regions[..., 3] - regions[..., 1] - sizes[..., 1]
+  if (room_y < 0).any() or (room_x < 0).any():
+    at = np.argwhere((room_y < 0) | (room_x < 0))[0]
+    h, w = sizes[tuple(at)].tolist()
+    raise ValueError(f"a {h} x {w} box does not fit in region {regions[tuple(at)].tolist()} "
+                     f"[y0, x0, y1, x1] of image {at[-1]}")
+  y0 = regions[..., 0] + rng.integers(0, room_y + 1)
+  x0 = regions[..., 1] + rng.integers(0, room_x + 1)
+  return np.stack([y0, x0, y0 + sizes[..., 0], x0 + sizes[..., 1]], axis=-1)
+
+
+# --- Part boxes: the parts file ---
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PartBoxes:
+  """The images of a correspondence experiment and the boxes of their parts (Fig. 8).
+
+  indices: the N examples' positions in `split` of `dataset`.
+  boxes: part name -> (N, 4) int [y0, x0, y1, x1] in pixels of the model's
+    image_size x image_size input crop (rows y0..y1-1, columns x0..x1-1).
+  objects: (N, 4) the box random parts are drawn in (default: whole image).
+  dataset, split, label: what the file says the images are (None: unchecked).
+  """
+  indices: tuple[int, ...]
+  boxes: dict[str, np.ndarray]
+  objects: np.ndarray
+  image_size: int
+  dataset: str | None = None
+  split: str | None = None
+  label: int | None = None
+  description: str = ""
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(self.boxes)
+
+  def to_json(self) -> dict[str, Any]:
+    """The parts-file object (`parse_parts(p.to_json())` gives `p` back)."""
+    obj: dict[str, Any] = {"image_size": self.image_size}
+    for key in ("dataset", "split", "label", "description"):
+      if getattr(self, key) not in (None, ""):
+        obj[key] = getattr(self, key)
+    obj["images"] = [{"index": i, "parts": {p: b[k].tolist() for p, b in self.boxes.items()},
+                      "object": self.objects[k].tolist()} for k, i in enumerate(self.indices)]
+    return obj
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _box(value, size: int, where: str) -> np.ndarray:
+  ok = (isinstance(value, list) and len(value) == 4 and all(_is_int(v) for v in value)
+        and 0 <= value[0] < value[2] <= size and 0 <= value[1] < value[3] <= size)
+  if not ok:
+    raise ValueError(f"{where} = {json.dumps(value)} is not a box [y0, x0, y1, x1] with "
+                     f"0 <= y0 < y1 <= {size} and 0 <= x0 < x1 <= {size}")
+  return np.array(value, np.int64)
+
+
+def parse_parts(obj: Any, where: str = "parts file") -> PartBoxes:
+  """Validates a parts-file object (format: `PARTS_FORMAT`) and returns its `PartBoxes`.
+
+  Every image must name the same parts (the same part is masked in every image,
+  Section 4.3), at least 2 images (Delta compares pairs), distinct indices.
+
+  Raises:
+    ValueError: one line naming the bad entry and what is allowed.
+  """
+  if not isinstance(obj, dict):
+    raise ValueError(f"{where}: expected {PARTS_FORMAT}; got a JSON {type(obj).__name__}")
+  unknown = sorted(set(obj) - _TOP_KEYS)
+  if unknown:
+    raise ValueError(f"{where}: unknown key {unknown[0]!r}; allowed: "
+                     f"{', '.join(sorted(_TOP_KEYS))}")
+  size = obj.get("image_size")
+  if not _is_int(size) or size < 1:
+    raise ValueError(f"{where}: image_size must be a positive integer (the model's input "
+                     f"crop), got {json.dumps(size)}")
+  for key in ("dataset", "split", "description"):
+    if key in obj and not isinstance(obj[key], str):
+      raise ValueError(f"{where}: {key} must be a string, got {json.dumps(obj[key])}")
+  label = obj.get("label")
+  if label is not None and (not _is_int(label) or label < 0):
+    raise ValueError(f"{where}: label must be a non-negative integer, got {json.dumps(label)}")
+  images = obj.get("images")
+  if not isinstance(images, list) or len(images) < 2:
+    raise ValueError(f"{where}: images must be a list of at least 2 images (Delta compares "
+                     f"pairs), got {json.dumps(images)[:80]}")
+  indices, objects, boxes, names = [], [], {}, None
+  for k, image in enumerate(images):
+    at = f"{where}: images[{k}]"
+    if not isinstance(image, dict):
+      raise ValueError(f"{at} must be an object with 'index' and 'parts', got "
+                       f"{json.dumps(image)[:80]}")
+    unknown = sorted(set(image) - _IMAGE_KEYS)
+    if unknown:
+      raise ValueError(f"{at} has unknown key {unknown[0]!r}; allowed: "
+                       f"{', '.join(sorted(_IMAGE_KEYS))}")
+    if "index" not in image:
+      raise ValueError(f"{at} has no 'index' (the example's position in the split)")
+    index = image["index"]
+    if not _is_int(index) or index < 0:
+      raise ValueError(f"{at}.index must be a non-negative integer, got {json.dumps(index)}")
+    if index in indices:
+      raise ValueError(f"{at}.index {index} repeats images[{indices.index(index)}]; "
+                       "each image may appear once")
+    parts = image.get("parts")
+    if not isinstance(parts, dict) or not parts:
+      raise ValueError(f"{at}.parts must be a non-empty object of part name -> "
+                       f"[y0, x0, y1, x1], got {json.dumps(parts)[:80]}")
+    if names is None:
+      names = list(parts)
+    elif set(parts) != set(names):
+      raise ValueError(f"{at} has parts {sorted(parts)} but images[0] has {sorted(names)}; "
+                       "every image needs the same parts")
+    for name in names:
+      boxes.setdefault(name, []).append(_box(parts[name], size, f"{at}.parts[{name!r}]"))
+    objects.append(_box(image["object"], size, f"{at}.object") if "object" in image
+                   else np.array([0, 0, size, size], np.int64))
+    indices.append(index)
+  return PartBoxes(indices=tuple(indices), boxes={n: np.stack(b) for n, b in boxes.items()},
+                   objects=np.stack(objects), image_size=size, dataset=obj.get("dataset"),
+                   split=obj.get("split"), label=label, description=obj.get("description", ""))
+
+
+def load_parts(path: str | os.PathLike) -> PartBoxes:
+  """Reads and validates a parts file (JSON, see `PARTS_FORMAT`).
+
+  Raises:
+    FileNotFoundError: no such file. ValueError: not JSON, or not a valid parts file.
+  """
+  path = os.fspath(path)
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  try:
+    obj = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"parts file {path} is not valid JSON: {e}") from None
+  return parse_parts(obj, where=f"parts file {path}")
+
+
+def builtin_parts_path(dataset: str) -> str | None:
+  """The path of the parts file shipped for `dataset`, or None."""
+  name = BUILTIN_PARTS.get(dataset)
+  return str(importlib.resources.files("zf_jax").joinpath("data", name)) if name else None
+
+
+def builtin_parts(dataset: str) -> PartBoxes:
+  """The shipped parts of `dataset` (the embedded Fashion-MNIST's T-shirts).
+
+  Raises:
+    ValueError: none is shipped for `dataset`: the caller needs a parts file.
+  """
+  path = builtin_parts_path(dataset)
+  if path is None:
+    raise ValueError(f"no built-in part boxes for dataset {dataset!r} (only for "
+                     f"{', '.join(BUILTIN_PARTS)}): pass --parts=FILE, {PARTS_FORMAT}")
+  return load_parts(path)
+
+
+def check_parts(parts: PartBoxes, *, dataset: str, split: str, image_size: int) -> None:
+  """Checks that `parts` is for this dataset, split and model input size.
+
+  Raises:
+    ValueError: the first mismatch, in one line.
+  """
+  if parts.dataset is not None and parts.dataset != dataset:
+    raise ValueError(f"the parts file is for dataset {parts.dataset!r}, not {dataset!r}")
+  if parts.split is not None and parts.split != split:
+    raise ValueError(f"the parts file is for split {parts.split!r}, not {split!r}: "
+                     f"pass --split={parts.split}")
+  if parts.image_size != image_size:
+    raise ValueError(f"the parts file's boxes are for {parts.image_size} px crops but the "
+                     f"model's input is {image_size} px")
+
+
+def check_labels(parts: PartBoxes, labels: Sequence[int]) -> None:
+  """Checks the loaded examples' labels against the file's `label` (if it has one).
+
+  A mismatch means the indices point at other images than the boxes were drawn
+  on (another split, or another order of it).
+
+  Raises:
+    ValueError: the first example with another label, in one line.
+  """
+  if parts.label is None:
+    return
+  for index, label in zip(parts.indices, labels):
+    if int(label) != parts.label:
+      raise ValueError(f"example {index} has label {int(label)}, the parts file says "
+                       f"{parts.label}: is this the split the file was made for?")
+
+
+# --- Table 1 ---
+
+def _summary(c: Consistency) -> dict[str, Any]:
+  return {"mean": float(c.normalised), "std": float(c.std), "delta": int(c.delta),
+          "pair_fractions": np.asarray(c.pair_fractions).round(6).tolist()}
+
+
+def analyse(params, arch: Arch, images: np.ndarray, parts: PartBoxes, *, num_random: int = 50,
+            seed: int = 0, layers: Sequence[int] = DEFAULT_LAYERS, fill: float = 0.0,
+            batch_size: int = 64) -> dict[str, Any]:
+  """Table 1's measurements: Delta at `layers` for every named part and for random parts.
+
+  Args:
+    params, arch: the model.
+    images: (N, S, S, 3) preprocessed crops, in the order of `parts.indices`.
+    parts: their part boxes.
+    num_random: R random draws (one box per image per draw).
+    seed: numpy seed of the random boxes.
+    layers, fill, batch_size: as `feature_differences`.
+
+  Returns:
+    {"layers": [...], "dims": {l: D}, "num_images": N, "parts": {name: {l:
+    stats}}, "random": {l: stats}, "random_boxes": (R, N, 4) array}, where
+    stats = {"mean", "std", "delta", "pair_fractions"} (random: "delta" and
+    "mean" averaged over draws, "std" over the pooled pairs, plus
+    "std_over_draws").
+  """
+  images = np.asarray(images, np.float32)
+  n, size = images.shape[0], images.shape[1]
+  if n != len(parts.indices) or size != parts.image_size:
+    raise ValueError(f"images {images.shape} do not match the parts file's {len(parts.indices)} "
+                     f"images of {parts.image_size} px")
+  if num_random < 1:
+    raise ValueError(f"num_random must be >= 1, got {num_random}")
+  layers = tuple(int(l) for l in layers)
+  names = parts.names
+  named_masks = box_masks(np.stack([parts.boxes[p] for p in names]), size)  # (P, N, S, S)
+  part_sizes = np.stack([parts.boxes[p][:, 2:] - parts.boxes[p][:, :2] for p in names])
+  sizes = part_sizes[np.arange(num_random) % len(names)]  # (R, N, 2): draw r, part r mod P.
+  rboxes = random_boxes(np.random.default_rng(seed), sizes, parts.objects)
+  masks = np.concatenate([named_masks, box_masks(rboxes, size)])
+  eps = feature_differences(params, arch, images, masks, layers=layers, fill=fill,
+                            batch_size=batch_size)
+  consistency = jax.vmap(hamming_consistency)
+  result: dict[str, Any] = {"layers": list(layers), "num_images": n, "num_random": num_random,
+                            "dims": {l: int(eps[l].shape[-1]) for l in layers},
+                            "parts": {p: {} for p in names}, "random": {},
+                            "random_boxes": rboxes}
+  for l in layers:
+    c = jax.device_get(consistency(jnp.asarray(eps[l])))
+    for k, p in enumerate(names):
+      result["parts"][p][l] = _summary(jax.tree.map(lambda a, k=k: a[k], c))
+    rand = jax.tree.map(lambda a: a[len(names):], c)
+    result["random"][l] = {"mean": float(np.mean(rand.normalised)),
+                           "std": float(np.std(rand.pair_fractions)),
+                           "delta": float(np.mean(rand.delta)),
+                           "std_over_draws": float(np.std(rand.normalised))}
+  return result
+
+
+NOTES = (
+    "Mean feature sign change = Delta_l / (N (N-1) D_l): the paper's Delta_l = sum over image "
+    "pairs i != j of the Hamming distance between sign(eps_i) and sign(eps_j), as a fraction "
+    "of the feature length D_l, averaged over the pairs. The raw Delta_l is in the JSON.",
+    "± is the std over the image pairs (named parts) and over the pairs of all random draws "
+    "pooled (random); the JSON also has the std of the per-draw means.",
+    "Random: in each draw every image gets its own randomly placed box of the same size as one "
+    "of the named parts' boxes (draws cycle through the parts), inside the image's object box.",
+    "Masks are filled with 0, the mean pixel (grey) of the preprocessed images.",
+)
+
+
+def _pm(stats: Mapping[str, float]) -> str:
+  return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
+def table1(result: Mapping[str, Any], parts: PartBoxes, *, dataset: str, split: str,
+           class_name: str | None = None) -> tuple[str, dict[str, Any]]:
+  """Table 1 as Markdown and JSON: our parts and random parts beside the paper's rows.
+
+  Returns:
+    (markdown, json_obj); json_obj = {"table", "title", "dataset", "split",
+    "imagenet", "indices", "layers", "dims", "paper", "ours", "notes"}.
+  """
+  layers = list(result["layers"])
+  is_imagenet = dataset == IMAGENET
+  ours = [{"occlusion": p, "kind": "part", "boxes": parts.boxes[p].tolist(),
+           "layers": {str(l): result["parts"][p][l] for l in layers}} for p in parts.names]
+  ours.append({"occlusion": "Random", "kind": "random", "draws": result["num_random"],
+               "boxes": np.asarray(result["random_boxes"]).tolist(),
+               "layers": {str(l): result["random"][l] for l in layers}})
+  paper = [{"occlusion": name, "layers": {str(l): {"mean": m, "std": s}
+                                          for l, (m, s) in rows.items()}}
+           for name, rows in PAPER_TABLE1]
+  notes = list(NOTES)
+  if not is_imagenet:
+    notes.insert(0, f"NOT ImageNet: our rows are {dataset} ({split} split) with its own parts; "
+                    "the paper's numbers are for ImageNet dog faces and are not comparable.")
+  json_obj = {"table": "Table 1", "title": PAPER_TITLE, "dataset": dataset, "split": split,
+              "imagenet": is_imagenet, "class": class_name, "indices": list(parts.indices),
+              "layers": layers, "dims": {str(l): d for l, d in result["dims"].items()},
+              "paper": paper, "ours": ours, "notes": notes}
+
+  def header(first):
+    cells = [first] + [f"Mean feature sign change, layer {l}" for l in layers]
+    return ["| " + " | ".join(cells) + " |", "|---|" + "---:|" * len(layers)]
+
+  lines = [f"# Table 1: {PAPER_TITLE}", ""]
+  if not is_imagenet:
+    lines += [f"> **NOT ImageNet.** Our rows are **{dataset}** parts, not ImageNet dog faces: "
+              "the paper's numbers below are not comparable with them.", ""]
+  what = f" of class {class_name}" if class_name else ""
+  lines += [f"## Ours: {dataset}, {split} split, {len(parts.indices)} images{what} "
+            f"(indices {', '.join(map(str, parts.indices))})", ""]
+  lines += header("Occlusion location")
+  for row in ours:
+    label = (f"Random ({row['draws']} draws)" if row["kind"] == "random"
+             else row["occlusion"].replace("|", "\\|"))
+    lines.append("| " + " | ".join([label] + [_pm(row["layers"][str(l)]) for l in layers])
+                 + " |")
+  dims = ", ".join(f"D_{l} = {result['dims'][l]}" for l in layers)
+  lines += ["", f"Raw Delta_l (sum over ordered pairs i != j; {dims}; random: mean over draws):",
+            "", "| Occlusion location | " + " | ".join(f"Delta_{l}" for l in layers) + " |",
+            "|---|" + "---:|" * len(layers)]
+  for row in ours:
+    lines.append("| " + " | ".join([row["occlusion"].replace("|", "\\|")] + [
+        f"{row['layers'][str(l)]['delta']:g}" for l in layers]) + " |")
+  paper_layers = [l for l in layers if l in (5, 7)]
+  if paper_layers:
+    lines += ["", "## Paper: Zeiler & Fergus (2014), Table 1, 5 ImageNet dog images", ""]
+    cells = ["Occlusion Location"] + [f"Mean Feature Sign Change Layer {l}" for l in paper_layers]
+    lines += ["| " + " | ".join(cells) + " |", "|---|" + "---:|" * len(paper_layers)]
+    for name, rows in PAPER_TABLE1:
+      lines.append("| " + " | ".join([name] + [f"{rows[l][0]:.3f} ± {rows[l][1]:.3f}"
+                                               for l in paper_layers]) + " |")
+  lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+  return "\n".join(lines) + "\n", json_obj
