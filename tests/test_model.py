@@ -104,3 +104,22 @@ def test_apply_rejects_wrong_image_size():
   params = model.init(jax.random.key(0), TINY)
   with pytest.raises(ValueError, match=r"do not fit arch 'zfnet_tiny': expected \(N, 32, 32, 3\)"):
     model.apply(params, jnp.zeros((1, 28, 28, 1)), TINY)
+
+
+def test_features_are_the_traced_maps_the_hidden_layers_and_the_logits():
+  params = model.init(jax.random.key(0), TINY, scheme="he")
+  images = _images(TINY, n=2)
+  logits, trace = model.apply(params, images, TINY)
+  got = model.features(params, images, TINY, (1, 5, 6, 7, 8))
+  for l in (1, 5):
+    np.testing.assert_array_equal(got[l], np.asarray(trace.activations[l]).reshape(2, -1))
+  np.testing.assert_allclose(got[8], logits, rtol=1e-6)
+  # Layer 7 by hand from layer 6: relu(x W + b), and layer 8 from layer 7.
+  fc7 = np.maximum(np.asarray(got[6]) @ np.asarray(params["fc7"]["w"]) + params["fc7"]["b"], 0)
+  np.testing.assert_allclose(got[7], fc7, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got[8], fc7 @ np.asarray(params["fc8"]["w"]) + params["fc8"]["b"],
+                             rtol=1e-5, atol=1e-5)
+  assert got[6].shape == (2, TINY.fcs[0].features)
+  with pytest.raises(ValueError, match=r"arch 'zfnet_tiny' has no layer 9; choose among "
+                                       r"\[1, 2, 3, 4, 5, 6, 7, 8\]"):
+    model.features(params, images, TINY, (9,))

@@ -139,11 +139,43 @@ def apply(params: Params, images: jax.Array, arch: Arch, *, train: bool = False,
     raise ValueError("apply(train=True) needs rng= (a jax.random.key) for dropout")
 
   x, activations, switches, _ = conv_stack(params, images, arch)
+  logits, _ = _fully_connected(params, x, arch, rng if dropout else None)
+  return logits, Trace(images=images, activations=activations, switches=switches)
+
+
+def _fully_connected(params: Params, x: jax.Array, arch: Arch, dropout_rng=None):
+  """Layers 6, 7 (relu, dropout when `dropout_rng`) and 8 on the top conv output.
+
+  Returns (logits, {layer: output after relu (and dropout)} for 6 and 7).
+  """
   x = x.reshape(x.shape[0], -1)
+  hidden = {}
   for f in arch.fcs:
     p = params[f"fc{f.layer}"]
     x = layers.relu(x @ p["w"] + p["b"])
-    if dropout:
-      x = _dropout(x, arch.dropout, jax.random.fold_in(rng, f.layer))
-  logits = x @ params["fc8"]["w"] + params["fc8"]["b"]
-  return logits, Trace(images=images, activations=activations, switches=switches)
+    if dropout_rng is not None:
+      x = _dropout(x, arch.dropout, jax.random.fold_in(dropout_rng, f.layer))
+    hidden[f.layer] = x
+  return x @ params["fc8"]["w"] + params["fc8"]["b"], hidden
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "which"))
+def features(params: Params, images: jax.Array, arch: Arch, which: tuple[int, ...]
+             ) -> dict[int, jax.Array]:
+  """Feature vectors of `images` at the paper's layers, flattened: {l: (N, D_l)}.
+
+  Conv layer l: its maps after relu and max pool (the deconvnet's starting
+  point, `Trace.activations[l]`) flattened in NHWC order; fully connected
+  layer 6 or 7: its output after relu (no dropout); 8: the logits. These are
+  the vectors of Section 4.2's invariance curves (Fig. 5) and Section 4.3's
+  correspondence measure (Table 1).
+  """
+  valid = set(arch.conv_layers) | {f.layer for f in arch.fcs} | {8}
+  bad = [l for l in which if l not in valid]
+  if bad:
+    raise ValueError(f"arch {arch.name!r} has no layer {bad[0]}; choose among {sorted(valid)}")
+  x, activations, _, _ = conv_stack(params, images, arch)
+  logits, out = _fully_connected(params, x, arch)
+  out.update({l: a.reshape(images.shape[0], -1) for l, a in activations.items()})
+  out[8] = logits
+  return {l: out[l] for l in which}
