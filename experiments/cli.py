@@ -29,6 +29,15 @@ def fail(message: str, status: int = 2):
   sys.exit(status)
 
 
+def numbers(name: str, values, kind=int) -> tuple:
+  """A list flag's values as numbers; a one-line ValueError names the flag otherwise."""
+  try:
+    return tuple(kind(v) for v in values)
+  except ValueError:
+    what = "integers" if kind is int else "numbers"
+    raise ValueError(f"--{name} takes comma-separated {what}, got {','.join(values)}") from None
+
+
 def _parse(argv):
   try:
     return flags.FLAGS(argv)

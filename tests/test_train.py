@@ -57,9 +57,11 @@ def test_one_filter_above_radius_is_the_only_one_changed():
   np.testing.assert_array_equal(np.delete(clipped, 3, -1), np.delete(w, 3, -1))
 
 
-def test_train_step_is_sgd_with_momentum_then_rms_clipping():
+@pytest.mark.parametrize("first_scale", [1.0, 1 / 64**2])
+def test_train_step_is_sgd_with_momentum_then_rms_clipping(first_scale):
   cfg = train.TrainConfig(batch_size=8, dropout=0.0, rms_radius=0.1, init_scheme="he",
-                          learning_rate=1e-3, momentum=0.9, weight_decay=5e-4)
+                          learning_rate=1e-3, momentum=0.9, weight_decay=5e-4,
+                          first_layer_lr_scale=first_scale)
   arch = dataclasses.replace(TINY, dropout=0.0)
   state = train.create_train_state(jax.random.key(2), arch, cfg)
   step = train.make_train_step(arch, cfg)
@@ -79,7 +81,9 @@ def test_train_step_is_sgd_with_momentum_then_rms_clipping():
     # Weight decay on weights only, momentum trace, learning rate, then renormalise.
     grads = {k: {"w": g["w"] + 5e-4 * params[k]["w"], "b": g["b"]} for k, g in grads.items()}
     velocity = jax.tree.map(lambda v, g: 0.9 * v + g, velocity, grads)
-    params = jax.tree.map(lambda p, v: p - 1e-3 * v, params, velocity)
+    # The first conv layer's weights alone move at first_layer_lr_scale times the rate.
+    rates = {k: {"w": 1e-3 * (first_scale if k == "conv1" else 1.0), "b": 1e-3} for k in params}
+    params = jax.tree.map(lambda p, v, r: p - r * v, params, velocity, rates)
     params = jax.tree.map(np.asarray, train.clip_filter_rms(params, 0.1))
     state, metrics = step(state, batch)
     assert int(state.step) == i + 1
@@ -162,6 +166,8 @@ def test_bad_recipe_values_are_one_line_errors():
     train.TrainConfig(rms_radius=0.0)
   with pytest.raises(ValueError, match="learning_rate must be > 0"):
     train.TrainConfig(learning_rate=-1.0)
+  with pytest.raises(ValueError, match="first_layer_lr_scale must be > 0, got 0.0"):
+    train.TrainConfig(first_layer_lr_scale=0.0)
 
 
 def test_top5_error_counts_every_class_when_there_are_fewer_than_five():
