@@ -204,6 +204,32 @@ def dataset_info(cfg: InputConfig) -> DatasetInfo:
                      steps_per_epoch=num_train // cfg.global_batch_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitInfo:
+  """One split of a dataset, for the analyses: its resolved name, size and label names."""
+
+  split: str
+  num_examples: int
+  class_names: tuple[str, ...] | None
+
+
+def split_info(cfg: InputConfig, split: str | None = None) -> SplitInfo:
+  """Resolves `split` (None: the evaluation split) of `cfg.dataset` and describes it.
+
+  Raises:
+    ValueError: the dataset has no such split (the message lists the splits it has).
+  """
+  builder = _builder(cfg)
+  split = _resolve_eval_split(builder, cfg, split)
+  known = list(builder.info.splits)
+  base = re.split(r"[\[+]", split)[0]
+  if known and base not in known:
+    raise ValueError(f"{cfg.dataset} has no split {split!r}; it has {', '.join(known)}")
+  label = builder.info.features["label"]
+  names = tuple(label.names) if getattr(label, "names", None) else None
+  return SplitInfo(split=split, num_examples=_count(_read(builder, split)), class_names=names)
+
+
 def decode_rgb(image: tf.Tensor) -> tf.Tensor:
   """An encoded image (JPEG, CMYK JPEG, PNG, GIF, BMP) or a pixel array -> uint8 (H, W, 3).
 

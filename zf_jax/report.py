@@ -1,4 +1,4 @@
-"""Writes the paper's tables (Markdown + JSON) under a run's workdir.
+"""Writes the paper's tables (Markdown + JSON) and the report page under a run's workdir.
 
 Every table binary (Tables 1-5) ends the same way: a Markdown table for
 people and a JSON twin for programs, side by side in `<workdir>/tables/`,
@@ -7,10 +7,12 @@ with the paper's numbers beside ours (see `zf_jax.evaluation.table2`).
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 TABLES_DIR = "tables"
@@ -63,3 +65,133 @@ def write_table(directory: str | os.PathLike, name: str, markdown: str,
   _atomic_write(md_path, markdown if markdown.endswith("\n") else markdown + "\n")
   _atomic_write(json_path, text)
   return md_path, json_path
+
+
+# --- The report page: every figure and table binary adds a section, then re-renders. ---
+
+FIGURES_DIR = "figures"
+SECTIONS_DIR = os.path.join("report", "sections")
+REPORT_FILE = "report.html"
+# Sections appear in the paper's order; others after them, by key.
+ORDER = ("training", "fig6", "fig2", "fig7", "fig4", "fig5", "table1", "table2")
+
+
+def figure_path(directory: str | os.PathLike, name: str) -> str:
+  """`<directory>/figures/<name>` (a PNG file name), its folder created."""
+  if not _NAME.match(name) or name in (".", ".."):
+    raise ValueError(f"figure name must be a plain file name (letters, digits, _ - .), got {name!r}")
+  folder = os.path.join(os.path.abspath(os.fspath(directory)), FIGURES_DIR)
+  os.makedirs(folder, exist_ok=True)
+  return os.path.join(folder, name)
+
+
+def add_section(directory: str | os.PathLike, key: str, title: str, *, text: str = "",
+                figures: Sequence[str] = (), tables: Sequence[str] = (),
+                items: Mapping[str, Any] | None = None) -> str:
+  """Records one section of `<directory>/report.html` and re-renders the page.
+
+  Args:
+    directory: a run's workdir.
+    key: the section's identity ("fig2", "table1", ...): adding it again replaces it.
+    title: heading.
+    text: paragraphs (plain text; blank lines separate paragraphs).
+    figures: paths of PNG files under `directory` (shown in this order).
+    tables: names of tables written with `write_table` (their Markdown is shown).
+    items: key -> value pairs shown as a small list (e.g. accuracy, time).
+
+  Returns:
+    The path of report.html.
+  """
+  if not _NAME.match(key):
+    raise ValueError(f"section key must be a plain name, got {key!r}")
+  root = os.path.abspath(os.fspath(directory))
+  rel = []
+  for path in figures:
+    path = os.path.abspath(path)
+    if not path.startswith(root + os.sep) or not os.path.exists(path):
+      raise ValueError(f"figure {path} is not a file under {root}")
+    rel.append(os.path.relpath(path, root))
+  folder = os.path.join(root, SECTIONS_DIR)
+  os.makedirs(folder, exist_ok=True)
+  section = {"key": key, "title": title, "text": text, "figures": rel, "tables": list(tables),
+             "items": dict(items or {})}
+  _atomic_write(os.path.join(folder, f"{key}.json"), json.dumps(section, indent=2) + "\n")
+  return write_report(root)
+
+
+def sections(directory: str | os.PathLike) -> list[dict[str, Any]]:
+  """The recorded sections of a workdir's report, in page order."""
+  folder = os.path.join(os.path.abspath(os.fspath(directory)), SECTIONS_DIR)
+  found = []
+  for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+    if name.endswith(".json"):
+      with open(os.path.join(folder, name), encoding="utf-8") as f:
+        found.append(json.load(f))
+  rank = {k: i for i, k in enumerate(ORDER)}
+  return sorted(found, key=lambda s: (rank.get(s["key"], len(ORDER)), s["key"]))
+
+
+def _markdown_table_html(markdown: str) -> str:
+  """Our own Markdown (pipe tables, headings, paragraphs) as HTML."""
+  out, rows = [], []
+
+  def flush():
+    if rows:
+      head, body = rows[0], [r for r in rows[1:] if not set("".join(r)) <= set("-: ")]
+      out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>" + "".join(
+          "<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body) + "</table>")
+      rows.clear()
+
+  for line in markdown.splitlines():
+    line = line.strip()
+    if line.startswith("|"):
+      rows.append([html.escape(c.strip()) for c in line.strip("|").split("|")])
+      continue
+    flush()
+    if line.startswith("#"):
+      out.append(f"<h4>{html.escape(line.lstrip('#').strip())}</h4>")
+    elif line:
+      out.append(f"<p>{html.escape(line)}</p>")
+  flush()
+  return "\n".join(out)
+
+
+_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+img{max-width:100%;border:1px solid #ddd;margin:.5em 0}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}th{background:#f3f3f3}
+dt{font-weight:bold;float:left;clear:left;width:16em}dd{margin-left:17em}"""
+
+
+def write_report(directory: str | os.PathLike) -> str:
+  """Renders `<directory>/report.html` from the recorded sections; returns its path.
+
+  The page references figures by relative path, so the workdir can be moved or
+  served as it is.
+  """
+  root = os.path.abspath(os.fspath(directory))
+  title = f"zf_jax report: {os.path.basename(root)}"
+  parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+           f"</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+           "<p>Zeiler &amp; Fergus, <i>Visualizing and Understanding Convolutional Networks</i> "
+           "(ECCV 2014), reproduced with zf_jax.</p>"]
+  for s in sections(root):
+    parts.append(f"<h2 id='{html.escape(s['key'])}'>{html.escape(s['title'])}</h2>")
+    if s["items"]:
+      parts.append("<dl>" + "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}"
+                                    "</dd>" for k, v in s["items"].items()) + "</dl>")
+    for para in filter(None, (p.strip() for p in s["text"].split("\n\n"))):
+      parts.append(f"<p>{html.escape(para)}</p>")
+    for fig in s["figures"]:
+      parts.append(f"<figure><img src='{html.escape(fig)}' alt='{html.escape(fig)}'>"
+                   f"<figcaption>{html.escape(fig)}</figcaption></figure>")
+    for name in s["tables"]:
+      path = os.path.join(root, TABLES_DIR, f"{name}.md")
+      if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+          parts.append(_markdown_table_html(f.read()))
+        parts.append(f"<p><a href='{TABLES_DIR}/{name}.md'>{name}.md</a> · "
+                     f"<a href='{TABLES_DIR}/{name}.json'>{name}.json</a></p>")
+  parts.append("</body></html>\n")
+  path = os.path.join(root, REPORT_FILE)
+  _atomic_write(path, "\n".join(parts))
+  return path

@@ -1,0 +1,31 @@
+"""Flags every Section 4 analysis binary shares, and the run + data they name.
+
+  --workdir   the training run to examine (its latest checkpoint, or --step)
+  --dataset   tfds dataset to examine it on (default: the run's own)
+  --split     split of it (default: validation, else test)
+  --data_dir  tfds data_dir (default: the run's)
+
+Figures go to <workdir>/figures/, tables to <workdir>/tables/, and each
+binary adds its section to <workdir>/report.html.
+"""
+
+from absl import flags
+
+from zf_jax import analysis
+
+flags.DEFINE_string("workdir", None, "Training run to examine (config.json, checkpoints/); "
+                    "figures, tables and report.html are written into it.", required=True)
+flags.DEFINE_integer("step", None, "Checkpoint step to read (default: the latest).")
+flags.DEFINE_string("dataset", None, "tfds dataset to examine the run on (default: the run's).")
+flags.DEFINE_string("split", None, "Split of --dataset (default: validation, else test).")
+flags.DEFINE_string("data_dir", None, "tfds data_dir (default: the run's).")
+flags.DEFINE_integer("batch_size", 64, "Images per forward pass.", lower_bound=1)
+
+FLAGS = flags.FLAGS
+
+
+def open_source() -> analysis.Source:
+  """The run and split the common flags name (one-line errors for bad values)."""
+  return analysis.open_source(FLAGS.workdir, step=FLAGS.step, dataset=FLAGS.dataset,
+                              split=FLAGS.split, data_dir=FLAGS.data_dir,
+                              batch_size=FLAGS.batch_size)

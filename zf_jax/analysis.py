@@ -1,0 +1,170 @@
+"""A trained run and the images it is examined on: what every Section 4 analysis starts from.
+
+`open_source(workdir)` restores a run (latest or chosen checkpoint) and pairs
+it with a split of a tfds dataset preprocessed exactly as the run was trained
+(Section 3: resize, centre crop, minus the run's own mean image). The
+analyses (`zf_jax.topk`, `zf_jax.occlusion`, `zf_jax.invariance`,
+`zf_jax.correspondence`) take numpy/JAX arrays; this module feeds them.
+
+Analyses run in one process (all local devices visible); example indices
+are positions in the split's file order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from zf_jax import evaluation, input_pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A restored run and the split it is examined on.
+
+  run: the restored run (config, arch, params, step, workdir).
+  icfg: the run's preprocessing, pointed at `dataset` / `split`.
+  mean: the run's mean image (resize_size, resize_size, 3): the model expects
+    images minus this, whatever dataset they come from.
+  split: the split examined.
+  class_names: label names, when the dataset has them.
+  """
+  run: evaluation.Run
+  icfg: input_pipeline.InputConfig
+  mean: np.ndarray
+  split: str
+  class_names: tuple[str, ...] | None
+
+  @property
+  def arch(self):
+    return self.run.arch
+
+  @property
+  def params(self):
+    return self.run.params
+
+  def class_name(self, label: int) -> str:
+    label = int(label)
+    if self.class_names and 0 <= label < len(self.class_names):
+      return self.class_names[label]
+    return str(label)
+
+
+def open_source(workdir: str, *, step: int | None = None, dataset: str | None = None,
+                split: str | None = None, data_dir: str | None = None,
+                batch_size: int = 64) -> Source:
+  """Restores the run in `workdir` and points its preprocessing at `dataset:split`.
+
+  Args:
+    workdir: a training workdir (config.json, checkpoints/).
+    step: checkpoint step; None: the latest.
+    dataset: tfds name; None: the run's training dataset.
+    split: None: the dataset's validation split (test if it has none).
+    data_dir: tfds data_dir; None: the run's.
+    batch_size: images per batch when streaming the split.
+
+  Raises:
+    FileNotFoundError / ValueError: no such run, checkpoint, dataset or split (one line).
+  """
+  run = evaluation.load_run(workdir, step)
+  train_icfg = run.input_config(batch_size=batch_size)
+  mean = input_pipeline.load_or_compute_mean_image(train_icfg)
+  icfg = dataclasses.replace(train_icfg, dataset=dataset or train_icfg.dataset,
+                             data_dir=data_dir or train_icfg.data_dir, eval_split=split)
+  info = input_pipeline.split_info(icfg, split)
+  return Source(run=run, icfg=icfg, mean=mean, split=info.split, class_names=info.class_names)
+
+
+def batches(src: Source, *, crops: str = "center", max_examples: int | None = None
+            ) -> Iterator[dict[str, np.ndarray]]:
+  """The split in file order: {"image", "label", "index"} per batch, padding removed.
+
+  "image" is preprocessed as in training ((b, H, W, 3) for crops="center",
+  (b, 10, H, W, 3) for "ten"); "index" is each example's position in the split.
+  """
+  it = input_pipeline.make_eval_iterator(src.icfg, crops=crops, split=src.split, process_index=0,
+                                         process_count=1, mean=src.mean)
+  size = src.icfg.global_batch_size
+  seen = 0
+  for k, batch in enumerate(it):
+    keep = batch.pop("mask") > 0
+    batch["index"] = (k * size + np.arange(size))[keep]
+    batch = {key: (v[keep] if key != "index" else v) for key, v in batch.items()}
+    if max_examples is not None:
+      batch = {key: v[:max(max_examples - seen, 0)] for key, v in batch.items()}
+    seen += len(batch["index"])
+    if len(batch["index"]):
+      yield batch
+    if max_examples is not None and seen >= max_examples:
+      return
+
+
+def load_examples(src: Source, indices: Sequence[int], *, resize: bool = False
+                  ) -> dict[str, np.ndarray]:
+  """The examples at `indices` of the split (any order, repeats allowed), in that order.
+
+  Returns {"image": (n, H, W, 3) preprocessed centre crops, "label": (n,),
+  "index": (n,)}; with `resize`, "image" is the whole (resize_size)^2 image
+  before cropping (still minus the mean), for transformations that need the
+  margin (Fig. 5). Streams the split up to the last index asked for.
+
+  Raises:
+    ValueError: an index outside the split.
+  """
+  indices = np.asarray(indices, np.int64).reshape(-1)
+  wanted = set(indices.tolist())
+  found: dict[int, tuple[np.ndarray, int]] = {}
+  if len(indices):
+    it = input_pipeline.make_eval_iterator(
+        dataclasses.replace(src.icfg, image_size=src.icfg.resize_size) if resize else src.icfg,
+        crops="center", split=src.split, process_index=0, process_count=1, mean=src.mean)
+    size = src.icfg.global_batch_size
+    for k, batch in enumerate(it):
+      for j in np.flatnonzero(batch["mask"] > 0):
+        if k * size + j in wanted:
+          found[k * size + j] = (batch["image"][j], int(batch["label"][j]))
+      if len(found) == len(wanted):
+        break
+  missing = sorted(wanted - set(found))
+  if missing:
+    raise ValueError(f"example index {missing[0]} is not in {src.icfg.dataset}:{src.split}")
+  size = src.icfg.resize_size if resize else src.icfg.image_size
+  images = np.stack([found[i][0] for i in indices]) if len(indices) else np.zeros(
+      (0, size, size, 3), np.float32)
+  return {"image": images, "label": np.array([found[i][1] for i in indices], np.int32),
+          "index": indices}
+
+
+def first_of_classes(src: Source, count: int, *, skip: int = 0) -> list[int]:
+  """Indices of `count` examples in file order, one per class while classes last.
+
+  A varied, reproducible pick of test images for the figures (Figs. 5, 7).
+  """
+  picked: list[int] = []
+  classes: set[int] = set()
+  rest: list[int] = []
+  for batch in batches(src):
+    for index, label in zip(batch["index"], batch["label"]):
+      if index < skip:
+        continue
+      if int(label) not in classes:
+        classes.add(int(label))
+        picked.append(int(index))
+      elif len(rest) < count:
+        rest.append(int(index))
+      if len(picked) >= count:
+        return picked
+  return (picked + rest)[:count]
+
+
+def display(src: Source, images: np.ndarray) -> np.ndarray:
+  """Preprocessed images back to viewable uint8 pixels: add the mean's centre crop back.
+
+  Works for any square size up to resize_size (centre crops of the resized image).
+  """
+  images = np.asarray(images, np.float32)
+  size = images.shape[-2]
+  off = (src.mean.shape[0] - size) // 2
+  return np.clip(images + src.mean[off:off + size, off:off + size], 0, 255).astype(np.uint8)
