@@ -1,0 +1,125 @@
+"""Specifications of zf_jax.occlusion (Fig. 7)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zf_jax import analysis, deconv, model
+from zf_jax import arch as arch_lib
+from zf_jax import occlusion as occ
+
+ARCH = arch_lib.get("zfnet_tiny")
+
+
+@pytest.fixture(scope="module", name="params")
+def _params():
+  return model.init(jax.random.key(1), ARCH, scheme="he")
+
+
+@pytest.fixture(scope="module", name="image")
+def _image():
+  return np.random.default_rng(0).normal(0, 64, (32, 32, 3)).astype(np.float32)
+
+
+def loop_reference(params, image, label, patch, stride, fill):
+  """One forward pass per position, straight from the definition of Fig. 7 (b), (d), (e)."""
+  top = ARCH.convs[-1].layer
+  _, trace = model.apply(params, jnp.asarray(image[None]), ARCH)
+  acts = np.asarray(trace.activations[top][0])
+  feature = np.unravel_index(acts.argmax(), acts.shape)[-1]
+  positions = range(0, 32 - patch + 1, stride)
+  n = len(positions)
+  prob, cls, act = np.zeros((n, n)), np.zeros((n, n), int), np.zeros((n, n))
+  for i, y in enumerate(positions):
+    for j, x in enumerate(positions):
+      occluded = image.copy()
+      occluded[y:y + patch, x:x + patch, :] = fill
+      logits, t = model.apply(params, jnp.asarray(occluded[None]), ARCH)
+      prob[i, j] = float(jax.nn.softmax(logits)[0, label])
+      cls[i, j] = int(jnp.argmax(logits[0]))
+      act[i, j] = float(t.activations[top][0, ..., feature].sum())
+  return feature, prob, cls, act
+
+
+@pytest.mark.parametrize("patch,stride,fill,chunk", [(8, 3, 0.0, 7), (5, 9, 12.5, 64),
+                                                      (32, 1, 0.0, 1)])
+def test_batched_maps_equal_a_loop_over_positions(params, image, patch, stride, fill, chunk):
+  maps = occ.occlusion(params, ARCH, image, 4, patch=patch, stride=stride, fill=fill, chunk=chunk)
+  feature, prob, cls, act = loop_reference(params, image, 4, patch, stride, fill)
+  n = occ.grid_size(32, patch, stride)
+  assert maps.prob.shape == maps.top_class.shape == maps.activity.shape == (n, n)
+  assert int(maps.feature) == feature
+  np.testing.assert_allclose(maps.prob, prob, rtol=1e-4, atol=1e-7)
+  np.testing.assert_array_equal(maps.top_class, cls)
+  np.testing.assert_allclose(maps.activity, act, rtol=1e-4, atol=1e-4)
+
+
+def test_positions_cover_the_image_up_to_the_border():
+  # 32 px, patch 8, stride 3: corners 0, 3, ..., 24; the last square ends at 32, the border.
+  assert occ.grid_size(32, 8, 3) == 9 and 8 * 3 + 8 == 32
+  # Stride 5: corners 0..20; 25 would put the square past the border.
+  assert occ.grid_size(32, 8, 5) == 5
+  assert occ.grid_size(224, 50, 8) == 22  # The benchmark's 224-px map.
+  assert occ.grid_size(32, 32, 4) == 1
+
+
+def test_the_occluder_covers_exactly_its_box(params, image):
+  maps = occ.occlusion(params, ARCH, image, 0, patch=8, stride=3)
+  y0, x0, y1, x1 = maps.box(8, 2)
+  assert (y0, x0, y1, x1) == (24, 6, 32, 14)
+  out = np.asarray(occ.occlude(jnp.asarray(image), y0, x0, 8, fill=7.0))
+  inside = np.zeros(image.shape, bool)
+  inside[y0:y1, x0:x1] = True
+  assert (out[inside] == 7.0).all()
+  np.testing.assert_array_equal(out[~inside], image[~inside])
+
+
+def test_unoccluded_values_and_feature_projection(params, image):
+  maps = occ.occlusion(params, ARCH, image, 2, patch=4, stride=4)
+  logits, trace = model.apply(params, jnp.asarray(image[None]), ARCH)
+  assert float(maps.unoccluded_prob) == pytest.approx(float(jax.nn.softmax(logits)[0, 2]), 1e-5)
+  top = ARCH.convs[-1].layer
+  acts = trace.activations[top][0]
+  assert float(maps.unoccluded_activity) == pytest.approx(
+      float(acts[..., int(maps.feature)].sum()), rel=1e-5)
+  assert float(acts[..., int(maps.feature)].max()) == pytest.approx(float(acts.max()))
+  want = deconv.project(params, ARCH, trace, top, deconv.strongest(trace, top, maps.feature))[0]
+  np.testing.assert_allclose(occ.feature_projection(params, ARCH, image, maps.feature), want,
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(patch=0, stride=1), r"patch must be in \[1, 32\] \(the image size\), got 0"),
+    (dict(patch=33, stride=1), r"patch must be in \[1, 32\] \(the image size\), got 33"),
+    (dict(patch=4, stride=0), "stride must be >= 1, got 0"),
+    (dict(patch=4, stride=2, label=10), r"label 10 is not a class of arch 'zfnet_tiny' \(0..9\)"),
+    (dict(patch=4, stride=2, image=np.zeros((28, 28, 3))),
+     r"image of shape \(28, 28, 3\) does not fit arch 'zfnet_tiny': expected \(32, 32, 3\)"),
+])
+def test_bad_requests_are_one_line_errors(params, image, kwargs, message):
+  kwargs = {"label": 1, "image": image, **kwargs}
+  with pytest.raises(ValueError, match=message) as e:
+    occ.occlusion(params, ARCH, kwargs.pop("image"), kwargs.pop("label"), **kwargs)
+  assert "\n" not in str(e.value)
+
+
+def test_occluding_the_garment_costs_more_than_occluding_a_corner(fashion_run):
+  """Fig. 7's claim, checkable: the classifier relies on the object, not the background.
+
+  On 40 test images of a model trained on Fashion-MNIST, an 12 px grey square
+  over the centre (the garment) lowers the true class's probability more, on
+  average and on most images, than the same square in a corner.
+  """
+  workdir, _ = fashion_run
+  src = analysis.open_source(workdir)
+  data = analysis.load_examples(src, range(40))
+  centre, corner = [], []
+  for image, label in zip(data["image"], data["label"]):
+    maps = occ.occlusion(src.params, src.arch, image, int(label), patch=12, stride=10)
+    # Positions 0, 10, 20: (1, 1) is the centre square [10, 22)^2, (0, 0) the top-left corner.
+    centre.append(float(maps.unoccluded_prob - maps.prob[1, 1]))
+    corner.append(float(maps.unoccluded_prob - maps.prob[0, 0]))
+  centre, corner = np.array(centre), np.array(corner)
+  assert centre.mean() > corner.mean() + 0.05, (centre.mean(), corner.mean())
+  assert (centre > corner).mean() > 0.6
