@@ -73,7 +73,7 @@ def image_rows(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[s
                fontsize: float = 8) -> Figure:
   """A grid figure: `rows[i][j]` is an image (h, w, 3) in [0, 1] or uint8, or None for blank."""
   n_rows, n_cols = len(rows), max(len(r) for r in rows)
-  fig = new_figure(cell * n_cols, cell * n_rows + 0.3)
+  fig = new_figure(max(cell * n_cols + (1.0 if row_labels else 0.0), 4.0), cell * n_rows + 0.4)
   axes = fig.subplots(n_rows, n_cols, squeeze=False)
   for i, row in enumerate(rows):
     for j in range(n_cols):

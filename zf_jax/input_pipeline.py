@@ -168,11 +168,16 @@ def _options() -> tf.data.Options:
 
 
 def _read(builder, split, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
-  """This host's even share of `split` as {"image", "label"}, in file order."""
+  """This host's even share of `split` as {"image", "label"}, in file order.
+
+  No tfds auto-cache: the analyses stop reading early (a few examples of a
+  split), which makes a cached dataset print a C++ warning that no log level
+  silences; reading small datasets again is cheap next to the model.
+  """
   host_split = tfds.split_for_jax_process(split, process_index=process_index,
                                           process_count=process_count)
   ds = builder.as_dataset(split=host_split, shuffle_files=False, decoders=_decoders(builder),
-                          read_config=tfds.ReadConfig(options=_options()))
+                          read_config=tfds.ReadConfig(options=_options(), try_autocache=False))
   return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
 
 

@@ -1,0 +1,420 @@
+"""Section 4's figures for a trained run, each written into the run's report.
+
+Each `fig*` function computes one figure of the paper for a `Source` (a
+restored run and a split, see `zf_jax.analysis`), writes PNGs to
+`<workdir>/figures/`, the numbers behind them to `<workdir>/tables/`, and
+its section of `<workdir>/report.html`. The experiment binaries and the
+quickstart call these with their flags.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from zf_jax import analysis, figures, occlusion, report, topk
+from zf_jax.arch import Arch
+
+
+def pick_maps(arch: Arch, layer: int, count: int, seed: int = 0) -> list[int]:
+  """`count` feature maps of `layer` chosen at random (seeded, sorted); all when count <= 0."""
+  n = arch.conv(layer).features
+  if count <= 0 or count >= n:
+    return list(range(n))
+  return sorted(np.random.default_rng([seed, layer]).choice(n, count, replace=False).tolist())
+
+
+def _batches_with_valid(src: analysis.Source, max_examples: int | None):
+  for batch in analysis.batches(src, max_examples=max_examples):
+    # Pad the last batch to the common size: one compiled update for the whole pass.
+    n, size = len(batch["index"]), src.icfg.global_batch_size
+    valid = np.arange(size) < n
+    pad = lambda x: np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
+    yield {"image": pad(batch["image"]), "index": pad(batch["index"]), "valid": valid}
+
+
+def top_activations(src: analysis.Source, layers: Sequence[int], k: int = 9,
+                    max_examples: int | None = None) -> topk.TopK:
+  """One streaming pass over the split: the k strongest activations of every map of `layers`."""
+  return topk.over_batches(src.params, src.arch, _batches_with_valid(src, max_examples), layers, k)
+
+
+def _block(tiles: np.ndarray, cols: int) -> np.ndarray:
+  return figures.montage(tiles, cols, pad=1, fill=1.0)
+
+
+def top9_panels(src: analysis.Source, state: topk.TopK, layer: int, maps: Sequence[int],
+                examples: dict[int, np.ndarray], *, mode: str = "deconvnet"
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """(projection patches, image patches) of the kept activations of `maps`, in [0, 1].
+
+  Both (len(maps), k, size, size, 3) with size the layer's receptive field;
+  projections are contrast-normalised one by one (grey = 0).
+  """
+  index = np.asarray(state.index[layer])[list(maps)]
+  blank = np.zeros((src.arch.image_size,) * 2 + (3,), np.float32)
+  images = np.stack([[examples.get(int(i), blank) for i in row] for row in index])
+  proj = topk.project_top(src.params, src.arch, state, layer, maps, images, mode=mode)
+  rows, cols = np.asarray(state.row[layer])[list(maps)], np.asarray(state.col[layer])[list(maps)]
+  proj_patches = figures.signed_to_unit(topk.patches(src.arch, layer, proj, rows, cols))
+  pixels = analysis.display(src, images).astype(np.float32) / 255.0
+  image_patches = topk.patches(src.arch, layer, pixels, rows, cols, fill=0.5)
+  empty = index < 0
+  proj_patches[empty] = 1.0
+  image_patches[empty] = 1.0
+  return proj_patches, image_patches
+
+
+def fig2(src: analysis.Source, *, layers: Sequence[int] | None = None, maps_per_layer: int = 16,
+         k: int = 9, seed: int = 0, mode: str = "deconvnet", max_examples: int | None = None,
+         maps_per_row: int = 4) -> list[str]:
+  """Fig. 2: for each layer, `maps_per_layer` maps x their top k projections beside their patches.
+
+  Args:
+    src: the run and split (the paper: the validation set).
+    layers: conv layers (default: all).
+    maps_per_layer: maps shown per layer, chosen at random (seeded); 0: all.
+    k: activations per map (the paper: 9).
+    seed: the choice of maps.
+    mode: `deconv.project` mode.
+    max_examples: stream only the first examples of the split (None: all).
+    maps_per_row: maps side by side in the figure.
+
+  Returns:
+    The PNG paths, one per layer.
+  """
+  arch = src.arch
+  layers = tuple(layers or arch.conv_layers)
+  state = top_activations(src, layers, k, max_examples)
+  chosen = {l: pick_maps(arch, l, maps_per_layer, seed) for l in layers}
+  wanted = sorted({int(i) for l in layers for i in np.asarray(state.index[l])[chosen[l]].ravel()
+                   if i >= 0})
+  data = analysis.load_examples(src, wanted)
+  examples = dict(zip(data["index"].tolist(), data["image"]))
+  workdir = src.run.workdir
+  paths, record = [], {}
+  side = math.ceil(math.sqrt(k))
+  for l in layers:
+    proj, pixels = top9_panels(src, state, l, chosen[l], examples, mode=mode)
+    blocks, titles = [], []
+    for a, m in enumerate(chosen[l]):
+      blocks.append([_block(proj[a], side), _block(pixels[a], side)])
+      dead = not np.asarray(state.value[l])[m, 0] > 0
+      titles.append([f"map {m}" + (" (never active)" if dead else ""), ""])
+    rows, row_titles = [], []
+    for start in range(0, len(blocks), maps_per_row):
+      rows.append([b for pair in blocks[start:start + maps_per_row] for b in pair])
+      row_titles.append([t for pair in titles[start:start + maps_per_row] for t in pair])
+    fig = figures.image_rows(rows, row_titles, cell=1.5)
+    size = arch.image_size
+    fig.suptitle(f"Layer {l}: top {k} activations of {len(chosen[l])} maps over "
+                 f"{src.icfg.dataset}:{src.split} (projections | image patches, "
+                 f"{topk.receptive_field(arch, l)[0]} px receptive field of {size} px)", fontsize=9)
+    paths.append(figures.save(fig, report.figure_path(workdir, f"fig2_layer{l}.png")))
+    record[str(l)] = {
+        "maps": chosen[l],
+        "value": np.asarray(state.value[l])[chosen[l]].round(6).tolist(),
+        "index": np.asarray(state.index[l])[chosen[l]].tolist(),
+        "row": np.asarray(state.row[l])[chosen[l]].tolist(),
+        "col": np.asarray(state.col[l])[chosen[l]].tolist()}
+  md = ["# Fig. 2: strongest activations", "",
+        f"Run {workdir} at step {src.run.step}, {src.icfg.dataset}:{src.split}"
+        f"{'' if max_examples is None else f' (first {max_examples} examples)'}, top {k} per map.",
+        "", "| layer | maps shown | strongest activation (max over maps) | median of the "
+        f"{k}th |", "|---|---|---|---|"]
+  for l in layers:
+    v = np.asarray(state.value[l])
+    kth = v[:, -1][np.isfinite(v[:, -1])]
+    md.append(f"| {l} | {len(chosen[l])} of {arch.conv(l).features} | {v[:, 0].max():.4g} | "
+              f"{np.median(kth) if len(kth) else float('nan'):.4g} |")
+  report.write_table(workdir, "fig2_top9", "\n".join(md), {
+      "run": workdir, "step": src.run.step, "dataset": src.icfg.dataset, "split": src.split,
+      "k": k, "mode": mode, "layers": record})
+  report.add_section(
+      workdir, "fig2", "Fig. 2: top activations projected to pixels",
+      text=(f"For each layer, {maps_per_layer or 'all'} feature maps; for each map its {k} "
+            f"strongest activations over {src.icfg.dataset}:{src.split}, one per image, each "
+            f"projected alone to pixel space by the {mode} (left block, contrast-normalised, grey "
+            "is zero) beside the image patch its unit sees (right block). Section 4, Fig. 2."),
+      figures=paths, tables=["fig2_top9"])
+  return paths
+
+
+def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
+                 out: str | None = None) -> str:
+  """Fig. 6: the layer-1 filters of one or more runs, one panel each, in the first run's report.
+
+  Each filter (one output map: kh x kw x 3 weights) is stretched min..max on
+  its own, as in the paper's filter figures.
+  """
+  if not workdirs:
+    raise ValueError("fig6_filters needs at least one run workdir")
+  runs = [analysis.evaluation.load_run(w) for w in workdirs]
+  labels = list(labels or [f"{r.arch.name} ({os.path.basename(r.workdir)}, step {r.step})"
+                           for r in runs])
+  panels = []
+  for run in runs:
+    w = np.asarray(run.params[f"conv{run.arch.convs[0].layer}"]["w"])  # (kh, kw, 3, n)
+    tiles = figures.minmax_to_unit(np.moveaxis(w, -1, 0))
+    cols = int(math.ceil(math.sqrt(len(tiles))))
+    panels.append(figures.montage(np.kron(tiles, np.ones((1, 4, 4, 1), np.float32))
+                                  if tiles.shape[1] < 8 else tiles, cols, pad=2))
+  fig = figures.image_rows([panels], [labels], cell=4.0, fontsize=9)
+  fig.suptitle("Layer-1 filters (each stretched to its own range)", fontsize=10)
+  out = out or runs[0].workdir
+  path = figures.save(fig, report.figure_path(out, "fig6_filters.png"))
+  rms = {label: np.sqrt(np.mean(np.square(np.asarray(
+      r.params[f"conv{r.arch.convs[0].layer}"]["w"])), axis=(0, 1, 2))).round(5).tolist()
+         for label, r in zip(labels, runs)}
+  report.write_table(out, "fig6_filter_rms", "\n".join(
+      ["# Fig. 6: layer-1 filter RMS", "", "| run | filters | max RMS | median RMS | at the "
+       "radius 0.1 |", "|---|---|---|---|---|"] +
+      [f"| {label} | {len(v)} | {max(v):.4f} | {np.median(v):.4f} | "
+       f"{sum(x >= 0.0999 for x in v)} |" for label, v in rms.items()]), {"rms": rms})
+  report.add_section(
+      out, "fig6", "Fig. 6: layer-1 filters",
+      text=("The first layer's filters, each shown stretched to its own range. Section 4 / 5.1: "
+            "without the RMS renormalisation of Section 3 a few filters dominate; ZFNet's 7x7 "
+            "stride-2 filters have fewer dead and aliased ones than AlexNet's 11x11 stride 4."),
+      figures=[path], tables=["fig6_filter_rms"])
+  return path
+
+
+def fig6_layer2(sources: Sequence[analysis.Source], maps: int, *, k: int = 9, seed: int = 0,
+                max_examples: int | None = None, out: str | None = None) -> str:
+  """Fig. 6 (d)/(e): layer-2 top-k projections of `maps` maps of each run, one row per run."""
+  rows, titles, labels = [], [], []
+  side = math.ceil(math.sqrt(k))
+  for src in sources:
+    state = top_activations(src, (2,), k, max_examples)
+    chosen = pick_maps(src.arch, 2, maps, seed)
+    wanted = sorted({int(i) for i in np.asarray(state.index[2])[chosen].ravel() if i >= 0})
+    data = analysis.load_examples(src, wanted)
+    proj, _ = top9_panels(src, state, 2, chosen, dict(zip(data["index"].tolist(), data["image"])))
+    rows.append([_block(p, side) for p in proj])
+    titles.append([f"map {m}" for m in chosen])
+    labels.append(f"{src.arch.name} ({os.path.basename(src.run.workdir)})")
+  fig = figures.image_rows(rows, titles, labels, cell=1.6)
+  fig.suptitle(f"Layer-2 features: top {k} projections per map, one row per run", fontsize=9)
+  out = out or sources[0].run.workdir
+  path = figures.save(fig, report.figure_path(out, "fig6_layer2.png"))
+  section = report.sections(out)
+  previous = next((s for s in section if s["key"] == "fig6"), None)
+  figs = [os.path.join(out, f) for f in (previous or {}).get("figures", [])
+          if not f.endswith("fig6_layer2.png")]
+  report.add_section(out, "fig6", "Fig. 6: layer-1 filters and layer-2 features",
+                     text=(previous or {}).get("text", "") + "\n\nLayer-2 projections of each "
+                     "run (Fig. 6 (d), (e)).", figures=figs + [path],
+                     tables=(previous or {}).get("tables", []))
+  return path
+
+
+def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = None,
+         stride: int | None = None, chunk: int = 64) -> str:
+  """Fig. 7: occlusion sensitivity of a few images, one row each: (a)-(e) of the paper."""
+  size = src.arch.image_size
+  # Defaults (the paper gives no sizes): a 50 px square every 8 px at 224 px, scaled to the input.
+  patch = patch or max(1, round(size * 50 / 224))
+  stride = stride or max(1, round(size * 8 / 224))
+  data = analysis.load_examples(src, indices)
+  pixels = analysis.display(src, data["image"])
+  rows, titles, record, legends = [], [], [], []
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  cmap = matplotlib.colormaps["tab20"]
+  for image, label, index, px in zip(data["image"], data["label"], data["index"], pixels):
+    maps = occlusion.occlusion(src.params, src.arch, image, int(label), patch=patch,
+                               stride=stride, chunk=chunk)
+    proj = np.asarray(occlusion.feature_projection(src.params, src.arch, image, maps.feature))
+    shown = px.copy()
+    y0, x0, y1, x1 = maps.box(maps.prob.shape[0] // 2, maps.prob.shape[1] // 2)
+    shown[y0:y1, x0:x1] = analysis.display(src, np.zeros((1, size, size, 3), np.float32))[0][
+        y0:y1, x0:x1]
+    heat = lambda m, cm: matplotlib.colormaps[cm](np.asarray(m))[..., :3]
+    classes = cmap(np.asarray(maps.top_class) % 20)[..., :3]
+    activity = figures.minmax_to_unit(np.asarray(maps.activity)[..., None])[..., 0]
+    rows.append([shown, heat(activity, "viridis"), figures.signed_to_unit(proj),
+                 heat(np.clip(maps.prob, 0, 1), "jet"), classes])
+    found, area = np.unique(np.asarray(maps.top_class), return_counts=True)
+    legends.append(found[np.argsort(-area)][:6])
+    titles.append([
+        f"(a) #{index}: {src.class_name(label)}",
+        f"(b) map {int(maps.feature)} of layer {maps.layer}",
+        "(c) its projection",
+        f"(d) p(true): {float(maps.unoccluded_prob):.2f} unoccluded, "
+        f"{float(maps.prob.min()):.2f}..{float(maps.prob.max()):.2f}",
+        "(e) most probable class"])
+    record.append({"index": int(index), "label": int(label),
+                   "feature": int(maps.feature), "layer": maps.layer,
+                   "unoccluded_prob": float(maps.unoccluded_prob),
+                   "prob": np.asarray(maps.prob).round(5).tolist(),
+                   "top_class": np.asarray(maps.top_class).tolist(),
+                   "activity": np.asarray(maps.activity).round(5).tolist()})
+  fig = figures.image_rows(rows, titles, cell=2.2, fontsize=7)
+  from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
+  for i, found in enumerate(legends):
+    fig.axes[i * 5 + 4].legend(handles=[Patch(color=cmap(c % 20), label=src.class_name(c))
+                                        for c in found], fontsize=6, loc="center left",
+                               bbox_to_anchor=(1.0, 0.5), frameon=False)
+  fig.suptitle(f"Occlusion sensitivity: {patch} px grey square, stride {stride} px", fontsize=9)
+  workdir = src.run.workdir
+  path = figures.save(fig, report.figure_path(workdir, "fig7_occlusion.png"))
+  md = ["# Fig. 7: occlusion sensitivity", "",
+        f"Grey square {patch} px, stride {stride} px, run step {src.run.step}.", "",
+        "| example | true class | p(true), unoccluded | lowest p(true) | occluder at the lowest |",
+        "|---|---|---|---|---|"]
+  for r in record:
+    p = np.array(r["prob"])
+    i, j = np.unravel_index(p.argmin(), p.shape)
+    md.append(f"| {r['index']} | {src.class_name(r['label'])} | {r['unoccluded_prob']:.3f} | "
+              f"{p.min():.3f} | rows {i * stride}..{i * stride + patch}, cols "
+              f"{j * stride}..{j * stride + patch} |")
+  report.write_table(workdir, "fig7_occlusion", "\n".join(md),
+                     {"patch": patch, "stride": stride, "images": record})
+  report.add_section(
+      workdir, "fig7", "Fig. 7: occlusion sensitivity",
+      text=("Per image: (a) the image with the grey square (shown at the centre position); "
+            f"(b) total activation of the layer-{src.arch.convs[-1].layer} map strongest on the "
+            "unoccluded image, by square position; (c) that map's strongest activation "
+            "projected to pixels; (d) probability of the true class by square position (blue "
+            "low); (e) most probable class by square position. Section 4.2, Fig. 7."),
+      figures=[path], tables=["fig7_occlusion"])
+  return path
+
+
+def training_section(workdir: str) -> str:
+  """The run's training curves and final accuracy as the report's first section."""
+  workdir = os.path.abspath(workdir)
+  curves: dict[str, list[tuple[int, float]]] = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        row = json.loads(line)
+        for key in ("loss", "top1_error"):
+          if key in row:
+            curves.setdefault(f"{row['split']} {key}", []).append((row["step"], row[key]))
+  items = {}
+  summary_path = os.path.join(workdir, "summary.json")
+  if os.path.exists(summary_path):
+    with open(summary_path, encoding="utf-8") as f:
+      summary = json.load(f)
+    items["arch / dataset"] = f"{summary.get('arch')} / {summary.get('dataset')}"
+    items["steps"] = summary.get("step")
+    for crops, r in summary.get("eval", {}).items():
+      items[f"accuracy ({'centre crop' if crops == 'center' else '10 crops'}, "
+            f"{r['count']} images)"] = f"{100 * (1 - r['top1_error']):.2f}%"
+    if "train_seconds" in summary:
+      items["training time"] = f"{summary['train_seconds'] / 60:.1f} min"
+  figs = []
+  if curves:
+    fig = figures.new_figure(8, 3)
+    ax_loss, ax_err = fig.subplots(1, 2)
+    for name, pts in sorted(curves.items()):
+      steps, values = zip(*sorted(pts))
+      (ax_loss if name.endswith("loss") else ax_err).plot(steps, values, label=name,
+                                                          marker="o" if "valid" in name else None)
+    for ax, title in ((ax_loss, "loss"), (ax_err, "top-1 error")):
+      ax.set_xlabel("step")
+      ax.set_title(title, fontsize=9)
+      ax.legend(fontsize=7)
+    figs.append(figures.save(fig, report.figure_path(workdir, "training.png")))
+  return report.add_section(workdir, "training", "Training", items=items, figures=figs,
+                            text="Loss and top-1 error during training (metrics.jsonl); "
+                            "final accuracy from summary.json.")
+
+
+def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[int] | None = None,
+         maps_per_layer: int = 4, seed: int = 0, max_examples: int | None = 10_000,
+         dataset: str | None = None, split: str = "train", data_dir: str | None = None,
+         batch_size: int = 64, mode: str = "deconvnet") -> str:
+  """Fig. 4: how the strongest activation of chosen maps evolves over the saved checkpoints.
+
+  For each checkpoint (default: every one kept, e.g. the epochs of
+  `trainer.FIG4_EPOCHS`), one streaming pass over the first `max_examples`
+  training images finds each chosen map's strongest activation, projected to
+  pixels and cut to its receptive field. Rows: (layer, map); columns: checkpoints.
+  """
+  from zf_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = os.path.abspath(workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"{workdir} has no checkpoints/ folder: the run saved no checkpoint")
+  with checkpoint.Checkpointer(ckpt_dir, read_only=True) as ckpt:
+    available = ckpt.all_steps()
+  steps = sorted(available if steps is None else steps)
+  missing = [s for s in steps if s not in available]
+  if missing or not steps:
+    raise ValueError(f"no checkpoint for step(s) {missing or steps} in {ckpt_dir}; available: "
+                     f"{', '.join(map(str, available)) or 'none'}")
+  columns, layers_, chosen, spe = [], None, None, None
+  for s in steps:
+    src = analysis.open_source(workdir, step=s, dataset=dataset, split=split, data_dir=data_dir,
+                               batch_size=batch_size)
+    if layers_ is None:
+      layers_ = tuple(layers or src.arch.conv_layers)
+      chosen = {l: pick_maps(src.arch, l, maps_per_layer, seed) for l in layers_}
+      with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+        spe = json.load(f).get("steps_per_epoch")
+    state = top_activations(src, layers_, 1, max_examples)
+    wanted = sorted({int(i) for l in layers_ for i in np.asarray(state.index[l])[chosen[l], 0]
+                     if i >= 0})
+    data = analysis.load_examples(src, wanted)
+    examples = dict(zip(data["index"].tolist(), data["image"]))
+    column = []
+    for l in layers_:
+      proj, _ = top9_panels(src, state, l, chosen[l], examples, mode=mode)
+      column.extend(proj[:, 0])
+    columns.append(column)
+  titles = [f"step {s}" + (f"\nepoch {s / spe:.3g}" if spe else "") for s in steps]
+  labels = [f"L{l} map {m}" for l in layers_ for m in chosen[l]]
+  # Patches differ in size across layers; each axes scales its own to the same cell.
+  rows = [[columns[c][r] for c in range(len(steps))] for r in range(len(labels))]
+  fig = figures.image_rows(rows, [titles if r == 0 else [""] * len(steps)
+                                  for r in range(len(rows))], labels, cell=1.3, fontsize=7)
+  fig.suptitle("Evolution of the strongest activation of chosen maps across training", fontsize=9)
+  path = figures.save(fig, report.figure_path(workdir, "fig4_evolution.png"))
+  report.add_section(
+      workdir, "fig4", "Fig. 4: feature evolution during training",
+      text=(f"Rows: feature maps (layer, map); columns: saved checkpoints. Each tile is the "
+            f"projection of the map's strongest activation over the first "
+            f"{max_examples or 'all'} examples of the {split} split at that checkpoint, cut to "
+            "the unit's receptive field. Section 4.1, Fig. 4."), figures=[path])
+  return path
+
+
+def describe(src: analysis.Source) -> dict:
+  """A few facts about a Source for logs and report headers."""
+  return {"workdir": src.run.workdir, "step": src.run.step, "arch": src.arch.name,
+          "dataset": src.icfg.dataset, "split": src.split}
+
+
+
+
+def quick_report(workdir: str, *, maps_per_layer: int = 8, occlusion_images: int = 4,
+                 evolution: bool = True, max_examples: int | None = None,
+                 batch_size: int = 128) -> str:
+  """The embedded default's report: training, Figs. 6, 2, 7 (and 4) for one run.
+
+  Args:
+    workdir: a finished training run.
+    maps_per_layer: Fig. 2 maps per layer.
+    occlusion_images: Fig. 7 rows (test images, one per class first).
+    evolution: also Fig. 4, over the checkpoints the run kept.
+    max_examples: stream only this many examples of the evaluation split for Fig. 2.
+    batch_size: images per forward pass.
+
+  Returns:
+    The path of report.html.
+  """
+  training_section(workdir)
+  fig6_filters([workdir])
+  src = analysis.open_source(workdir, batch_size=batch_size)
+  fig2(src, maps_per_layer=maps_per_layer, max_examples=max_examples)
+  fig7(src, analysis.first_of_classes(src, occlusion_images))
+  if evolution:
+    fig4(workdir, maps_per_layer=2, max_examples=5_000, batch_size=batch_size)
+  return report.write_report(workdir)
