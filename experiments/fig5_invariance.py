@@ -38,13 +38,6 @@ _SHOWN = 5  # Transformed copies of each image in the figure's first column.
 _SUMMARY_POINTS = 5  # Amounts per transformation in the Markdown table.
 
 
-def _ints(name, values):
-  try:
-    return [int(v) for v in values]
-  except ValueError:
-    raise ValueError(f"--{name} takes comma-separated integers, got {','.join(values)}") from None
-
-
 def _fmt(x: float) -> str:
   return f"{x:.4g}"
 
@@ -131,8 +124,8 @@ def main(_):
   kinds = [invariance.check_kind(k) for k in FLAGS.kinds]
   if not kinds:
     raise ValueError(f"--kinds needs at least one of {', '.join(invariance.KINDS)}")
-  layers = _ints("layers", FLAGS.layers)
-  indices = _ints("indices", FLAGS.indices)
+  layers = list(cli.numbers("layers", FLAGS.layers))
+  indices = list(cli.numbers("indices", FLAGS.indices))
   src = common.open_source()
   size = src.arch.image_size
   amounts = {k: invariance.default_amounts(k, size, FLAGS.num_amounts, max_shift=FLAGS.max_shift,

@@ -39,10 +39,7 @@ FLAGS = flags.FLAGS
 
 
 def _layers(values) -> tuple[int, ...]:
-  try:
-    layers = tuple(int(v) for v in values)
-  except ValueError:
-    raise ValueError(f"--layers must be layer numbers like 5,7, got {','.join(values)}") from None
+  layers = cli.numbers("layers", values)
   if not layers:
     raise ValueError("--layers needs at least one layer number, e.g. 5,7")
   return layers

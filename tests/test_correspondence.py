@@ -259,7 +259,7 @@ def test_binary_writes_table1_figure_and_report_section(fashion_run, tmp_path):
 
 @pytest.mark.parametrize("flag, message", [
     ("--num_random=0", "num_random"),
-    ("--layers=5,seven", "--layers must be layer numbers like 5,7, got 5,seven"),
+    ("--layers=5,seven", "--layers takes comma-separated integers, got 5,seven"),
 ])
 def test_binary_bad_flag_is_exit_status_2_and_one_line(tmp_path, flag, message):
   _, stderr, rc = _binary(f"--workdir={tmp_path}", flag)
