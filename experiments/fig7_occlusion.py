@@ -20,6 +20,9 @@ flags.DEFINE_integer("patch", None, "Side of the grey square, pixels (default: 5
                      "scaled to the model's input).", lower_bound=1)
 flags.DEFINE_integer("stride", None, "Step between square positions, pixels (default: 8 at "
                      "224 px, scaled).", lower_bound=1)
+flags.DEFINE_enum("fill", "grey", list(visualize.FILLS), "Occluder: grey (the paper: the "
+                  "mean image) or black (the neutral one where backgrounds are black, e.g. "
+                  "Fashion-MNIST).")
 flags.DEFINE_integer("chunk", 64, "Positions per batch (bounds memory).", lower_bound=1)
 
 FLAGS = flags.FLAGS
@@ -32,7 +35,8 @@ def main(_):
   if FLAGS.patch is not None and FLAGS.patch > src.arch.image_size:
     raise ValueError(f"--patch={FLAGS.patch} is larger than the model's "
                      f"{src.arch.image_size} px input")
-  print(visualize.fig7(src, indices, patch=FLAGS.patch, stride=FLAGS.stride, chunk=FLAGS.chunk))
+  print(visualize.fig7(src, indices, patch=FLAGS.patch, stride=FLAGS.stride, fill=FLAGS.fill,
+                       chunk=FLAGS.chunk))
   print(f"report: {src.run.workdir}/report.html")
 
 

@@ -2,9 +2,9 @@
 
 `fashion_data_dir`: a fresh tfds data_dir with Debian's Fashion-MNIST prepared
 (skips without the Debian files). `fashion_run`: a workdir holding a
-`zfnet_tiny` trained on it for a few hundred steps (~1 min on 2 CPU cores),
-good enough (~75% test accuracy) for the Section 4 analyses to show real
-effects, trained once per session.
+`zfnet_tiny` trained on it for 600 steps (~1 min on 2 CPU cores), good
+enough (74% test accuracy) for the Section 4 analyses to show real effects,
+trained once per session.
 """
 
 import os
@@ -19,7 +19,7 @@ HAVE_DEBIAN_FILES = all(
     os.path.isfile(os.path.join(datasets.DEFAULT_DIR, name))
     for images, labels, _ in datasets.FILES.values() for name in (images, labels))
 
-FASHION_RUN_STEPS = 300
+FASHION_RUN_STEPS = 600
 
 
 @pytest.fixture(scope="session", name="fashion_data_dir")
@@ -37,8 +37,9 @@ def _fashion_data_dir(tmp_path_factory):
 
 def fashion_run_config(data_dir: str, **overrides) -> trainer.RunConfig:
   """The small recipe of `fashion_run`: zfnet_tiny, He init, random crops and flips."""
-  train = TrainConfig(batch_size=64, learning_rate=0.02, init_scheme="he", lr_schedule="constant",
-                      first_layer_lr_scale=1 / 64**2)
+  # No dropout: its 32-unit fc layers would halve the accuracy of so short a run.
+  train = TrainConfig(batch_size=64, learning_rate=0.05, dropout=0.0, init_scheme="he",
+                      lr_schedule="constant", first_layer_lr_scale=1 / 64**2)
   return trainer.RunConfig(**{
       "arch": "zfnet_tiny", "dataset": datasets.EMBEDDED_DATASET, "data_dir": data_dir,
       "train_crops": "random", "num_steps": FASHION_RUN_STEPS, "train": train,

@@ -62,11 +62,11 @@ def test_fig2_writes_one_figure_per_layer_and_the_top9_table(workdir):
 
 def test_fig7_writes_occlusion_rows_for_chosen_images(workdir):
   proc = run_binary("fig7_occlusion", f"--workdir={workdir}", "--indices=3,8", "--patch=12",
-                    "--stride=4")
+                    "--stride=4", "--fill=black")
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(workdir, "tables", "fig7_occlusion.json"), encoding="utf-8") as f:
     table = json.load(f)
-  assert [r["index"] for r in table["images"]] == [3, 8]
+  assert [r["index"] for r in table["images"]] == [3, 8] and table["fill"] == "black"
   n = (32 - 12) // 4 + 1
   for r in table["images"]:
     assert len(r["prob"]) == n and all(len(row) == n for row in r["prob"])
@@ -91,7 +91,7 @@ def test_fig6_and_fig4_write_filters_layer2_and_evolution(workdir):
     ("fig2_top9", ["--split=nope"], r"fashion_mnist_debian has no split 'nope'; it has"),
     ("fig7_occlusion", ["--patch=40"], r"--patch=40 is larger than the model's 32 px input"),
     ("fig7_occlusion", ["--indices=99999"], r"example index 99999 is not in"),
-    ("fig4_evolution", ["--steps=7"], r"no checkpoint for step\(s\) \[7\].*available: 300"),
+    ("fig4_evolution", ["--steps=7"], r"no checkpoint for step\(s\) \[7\].*available: 600"),
     ("fig2_top9", ["--maps_per_layer=-1"], r"maps_per_layer"),
 ])
 def test_bad_requests_are_one_stderr_line(workdir, name, args, pattern):

@@ -75,9 +75,12 @@ def _check(arch: Arch, image, label, patch: int, stride: int) -> None:
                      f"(0..{arch.num_classes - 1})")
 
 
-def occlude(image: jax.Array, y: jax.Array, x: jax.Array, patch: int, fill: float = 0.0
-            ) -> jax.Array:
-  """`image` (H, W, C) with the `patch` x `patch` square at top-left (y, x) set to `fill`."""
+def occlude(image: jax.Array, y: jax.Array, x: jax.Array, patch: int,
+            fill: float | jax.Array = 0.0) -> jax.Array:
+  """`image` (H, W, C) with the `patch` x `patch` square at top-left (y, x) set to `fill`.
+
+  `fill` is a scalar or an array broadcastable to `image` (per-pixel values).
+  """
   rows = jnp.arange(image.shape[0])[:, None, None]
   cols = jnp.arange(image.shape[1])[None, :, None]
   inside = (rows >= y) & (rows < y + patch) & (cols >= x) & (cols < x + patch)
@@ -118,7 +121,8 @@ def _occlusion(params, arch, image, label, patch, stride, fill, chunk):
 
 
 def occlusion(params: Params, arch: Arch, image: jax.Array, label: int | jax.Array, *,
-              patch: int, stride: int, fill: float = 0.0, chunk: int = 64) -> OcclusionMaps:
+              patch: int, stride: int, fill: float | jax.Array = 0.0, chunk: int = 64
+              ) -> OcclusionMaps:
   """Fig. 7's occlusion maps of one image.
 
   Args:
@@ -130,7 +134,8 @@ def occlusion(params: Params, arch: Arch, image: jax.Array, label: int | jax.Arr
       visits (i * stride, j * stride) for every i, j with the square inside
       the image.
     fill: the value of every occluded pixel and channel; 0 is the mean image,
-      i.e. grey.
+      i.e. grey. An array broadcastable to (H, W, 3) gives each pixel its own
+      value, e.g. `-mean` for black on datasets whose background is black.
     chunk: positions evaluated together (bounds memory; does not change results).
 
   Returns:
@@ -143,8 +148,14 @@ def occlusion(params: Params, arch: Arch, image: jax.Array, label: int | jax.Arr
   _check(arch, image, label, patch, stride)
   if chunk < 1:
     raise ValueError(f"chunk must be >= 1, got {chunk}")
+  fill = jnp.asarray(fill, jnp.float32)
+  try:
+    jnp.broadcast_shapes(fill.shape, tuple(image.shape))
+  except ValueError:
+    raise ValueError(f"fill of shape {fill.shape} does not broadcast to the image's "
+                     f"{tuple(image.shape)}") from None
   return _occlusion(params, arch, jnp.asarray(image, jnp.float32), jnp.asarray(label, jnp.int32),
-                    patch, stride, jnp.asarray(fill, jnp.float32), chunk)
+                    patch, stride, fill, chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "mode"))

@@ -213,10 +213,22 @@ def fig6_layer2(sources: Sequence[analysis.Source], maps: int, *, k: int = 9, se
   return path
 
 
+FILLS = ("grey", "black")
+
+
 def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = None,
-         stride: int | None = None, chunk: int = 64) -> str:
-  """Fig. 7: occlusion sensitivity of a few images, one row each: (a)-(e) of the paper."""
+         stride: int | None = None, fill: str = "grey", chunk: int = 64) -> str:
+  """Fig. 7: occlusion sensitivity of a few images, one row each: (a)-(e) of the paper.
+
+  `fill`: "grey" (the paper: the mean image, 0 after mean subtraction) or
+  "black" (pixel value 0: the neutral occluder of datasets with a black
+  background such as Fashion-MNIST, where a grey square is a feature itself).
+  """
+  if fill not in FILLS:
+    raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
   size = src.arch.image_size
+  off = (src.mean.shape[0] - size) // 2
+  fill_value = 0.0 if fill == "grey" else -src.mean[off:off + size, off:off + size]
   # Defaults (the paper gives no sizes): a 50 px square every 8 px at 224 px, scaled to the input.
   patch = patch or max(1, round(size * 50 / 224))
   stride = stride or max(1, round(size * 8 / 224))
@@ -227,12 +239,12 @@ def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = No
   cmap = matplotlib.colormaps["tab20"]
   for image, label, index, px in zip(data["image"], data["label"], data["index"], pixels):
     maps = occlusion.occlusion(src.params, src.arch, image, int(label), patch=patch,
-                               stride=stride, chunk=chunk)
+                               stride=stride, fill=fill_value, chunk=chunk)
     proj = np.asarray(occlusion.feature_projection(src.params, src.arch, image, maps.feature))
     shown = px.copy()
     y0, x0, y1, x1 = maps.box(maps.prob.shape[0] // 2, maps.prob.shape[1] // 2)
-    shown[y0:y1, x0:x1] = analysis.display(src, np.zeros((1, size, size, 3), np.float32))[0][
-        y0:y1, x0:x1]
+    shown[y0:y1, x0:x1] = analysis.display(
+        src, np.broadcast_to(fill_value, (1, size, size, 3)))[0][y0:y1, x0:x1]
     heat = lambda m, cm: matplotlib.colormaps[cm](np.asarray(m))[..., :3]
     classes = cmap(np.asarray(maps.top_class) % 20)[..., :3]
     activity = figures.minmax_to_unit(np.asarray(maps.activity)[..., None])[..., 0]
@@ -259,11 +271,11 @@ def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = No
     fig.axes[i * 5 + 4].legend(handles=[Patch(color=cmap(c % 20), label=src.class_name(c))
                                         for c in found], fontsize=6, loc="center left",
                                bbox_to_anchor=(1.0, 0.5), frameon=False)
-  fig.suptitle(f"Occlusion sensitivity: {patch} px grey square, stride {stride} px", fontsize=9)
+  fig.suptitle(f"Occlusion sensitivity: {patch} px {fill} square, stride {stride} px", fontsize=9)
   workdir = src.run.workdir
   path = figures.save(fig, report.figure_path(workdir, "fig7_occlusion.png"))
   md = ["# Fig. 7: occlusion sensitivity", "",
-        f"Grey square {patch} px, stride {stride} px, run step {src.run.step}.", "",
+        f"{fill.capitalize()} square {patch} px, stride {stride} px, run step {src.run.step}.", "",
         "| example | true class | p(true), unoccluded | lowest p(true) | occluder at the lowest |",
         "|---|---|---|---|---|"]
   for r in record:
@@ -273,10 +285,10 @@ def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = No
               f"{p.min():.3f} | rows {i * stride}..{i * stride + patch}, cols "
               f"{j * stride}..{j * stride + patch} |")
   report.write_table(workdir, "fig7_occlusion", "\n".join(md),
-                     {"patch": patch, "stride": stride, "images": record})
+                     {"patch": patch, "stride": stride, "fill": fill, "images": record})
   report.add_section(
       workdir, "fig7", "Fig. 7: occlusion sensitivity",
-      text=("Per image: (a) the image with the grey square (shown at the centre position); "
+      text=(f"Per image: (a) the image with the {fill} square (shown at the centre position); "
             f"(b) total activation of the layer-{src.arch.convs[-1].layer} map strongest on the "
             "unoccluded image, by square position; (c) that map's strongest activation "
             "projected to pixels; (d) probability of the true class by square position (blue "
@@ -395,7 +407,7 @@ def describe(src: analysis.Source) -> dict:
 
 
 def quick_report(workdir: str, *, maps_per_layer: int = 8, occlusion_images: int = 4,
-                 evolution: bool = True, max_examples: int | None = None,
+                 fill: str = "black", evolution: bool = True, max_examples: int | None = None,
                  batch_size: int = 128) -> str:
   """The embedded default's report: training, Figs. 6, 2, 7 (and 4) for one run.
 
@@ -403,6 +415,7 @@ def quick_report(workdir: str, *, maps_per_layer: int = 8, occlusion_images: int
     workdir: a finished training run.
     maps_per_layer: Fig. 2 maps per layer.
     occlusion_images: Fig. 7 rows (test images, one per class first).
+    fill: Fig. 7's occluder (see `fig7`); black suits the embedded Fashion-MNIST.
     evolution: also Fig. 4, over the checkpoints the run kept.
     max_examples: stream only this many examples of the evaluation split for Fig. 2.
     batch_size: images per forward pass.
@@ -414,7 +427,8 @@ def quick_report(workdir: str, *, maps_per_layer: int = 8, occlusion_images: int
   fig6_filters([workdir])
   src = analysis.open_source(workdir, batch_size=batch_size)
   fig2(src, maps_per_layer=maps_per_layer, max_examples=max_examples)
-  fig7(src, analysis.first_of_classes(src, occlusion_images))
+  # Fashion-MNIST's background is black: a black occluder is its neutral one (see fig7).
+  fig7(src, analysis.first_of_classes(src, occlusion_images), fill=fill)
   if evolution:
     fig4(workdir, maps_per_layer=2, max_examples=5_000, batch_size=batch_size)
   return report.write_report(workdir)
