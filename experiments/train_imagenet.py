@@ -14,12 +14,16 @@ each with --distributed (and --coordinator_address, --num_processes,
 """
 
 import dataclasses
+import os
+import time
 
 from absl import flags
+import jax
 
 from experiments import cli
 from zf_jax import arch as arch_lib
 from zf_jax import trainer
+from zf_jax import visualize
 from zf_jax.train import TrainConfig
 
 _D = trainer.RunConfig()
@@ -39,6 +43,9 @@ flags.DEFINE_float("weight_decay", _T.weight_decay, "L2 weight decay on weights 
 flags.DEFINE_float("dropout", _T.dropout, "Dropout rate on fc layers 6 and 7.")
 flags.DEFINE_float("rms_radius", _T.rms_radius,
                    "Conv filter RMS renormalisation radius; 0 turns it off (Fig. 6 (a)).")
+flags.DEFINE_float("first_layer_lr_scale", _T.first_layer_lr_scale,
+                   "Multiplies conv1's weight learning rate (not in paper; 1/64^2 suits He "
+                   "init on [-128, 128] pixels).")
 flags.DEFINE_enum("init_scheme", _T.init_scheme, ["paper", "he"], "Weight initialisation.")
 flags.DEFINE_enum("lr_schedule", _T.lr_schedule, list(trainer.train.LR_SCHEDULES),
                   "plateau: anneal 10x when validation error plateaus; manual: at "
@@ -62,6 +69,9 @@ flags.DEFINE_list("keep_epochs", [str(e) for e in _D.keep_epochs],
                   "Epoch-end checkpoints kept forever (Fig. 4).")
 flags.DEFINE_integer("mean_max_examples", None, "Images averaged for the mean image "
                      "(default: the whole train split).")
+flags.DEFINE_bool("visualize", False, "After training, write the report: curves, layer-1 "
+                  "filters (Fig. 6), top-9 projections (Fig. 2), occlusion (Fig. 7), evolution "
+                  "(Fig. 4) into <workdir>/report.html.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (several hosts).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (--distributed).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (--distributed).")
@@ -70,20 +80,14 @@ flags.DEFINE_integer("process_id", None, "This process's index (--distributed)."
 FLAGS = flags.FLAGS
 
 
-def _ints(name, values):
-  try:
-    return tuple(int(v) for v in values)
-  except ValueError:
-    raise ValueError(f"--{name} takes comma-separated integers, got {','.join(values)}") from None
-
-
 def config_from_flags() -> trainer.RunConfig:
   """The RunConfig the flags describe (raises ValueError for inconsistent values)."""
-  decay_epochs = _ints("lr_decay_epochs", FLAGS.lr_decay_epochs)
+  decay_epochs = cli.numbers("lr_decay_epochs", FLAGS.lr_decay_epochs, float)
   tcfg = TrainConfig(
       learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum, batch_size=FLAGS.batch_size,
       dropout=FLAGS.dropout, rms_radius=FLAGS.rms_radius or None,
       weight_decay=FLAGS.weight_decay, init_scheme=FLAGS.init_scheme,
+      first_layer_lr_scale=FLAGS.first_layer_lr_scale,
       lr_schedule=FLAGS.lr_schedule, plateau_patience=FLAGS.plateau_patience)
   cfg = trainer.RunConfig(
       arch=FLAGS.arch, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
@@ -92,7 +96,7 @@ def config_from_flags() -> trainer.RunConfig:
       eval_batch_size=FLAGS.eval_batch_size, eval_every_epochs=FLAGS.eval_every_epochs,
       final_eval_crops=tuple(FLAGS.final_eval_crops), log_every=FLAGS.log_every,
       checkpoint_every=FLAGS.checkpoint_every, keep_checkpoints=FLAGS.keep_checkpoints,
-      keep_epochs=_ints("keep_epochs", FLAGS.keep_epochs),
+      keep_epochs=cli.numbers("keep_epochs", FLAGS.keep_epochs),
       mean_max_examples=FLAGS.mean_max_examples, distributed=FLAGS.distributed,
       coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id)
@@ -101,13 +105,31 @@ def config_from_flags() -> trainer.RunConfig:
   return cfg
 
 
+def _accuracy(summary) -> str:
+  names = {"center": "centre crop", "ten": "10 crops"}
+  return ", ".join(f"{100 * (1 - r['top1_error']):.2f}% ({names.get(c, c)})"
+                   for c, r in summary.get("eval", {}).items())
+
+
 def main(_):
+  start = time.time()
   try:
     summary = trainer.train_and_evaluate(config_from_flags(), FLAGS.workdir)
   except trainer.NonFiniteLossError as e:
     cli.fail(str(e), status=1)
-  print(f"{summary['status']}: {summary['step']}/{summary['total_steps']} steps; "
-        f"outputs in {summary['workdir']}")
+  done = summary["status"] == "complete"
+  line = f"{summary['status']}: {summary['step']}/{summary['total_steps']} steps"
+  if done and summary.get("eval"):
+    line += f"; {summary['dataset']} accuracy {_accuracy(summary)}"
+  report = None
+  if done and FLAGS.visualize and jax.process_index() == 0:
+    report = os.path.join(summary["workdir"], "report.html")
+    if not (summary.get("already_complete") and os.path.exists(report)):
+      print("writing the visualisations (Figs. 2, 4, 6, 7) ...", flush=True)
+      report = visualize.quick_report(summary["workdir"])
+  print(f"{line}; {time.time() - start:.0f} s; outputs in {summary['workdir']}")
+  if report:
+    print(f"report: {report}")
 
 
 if __name__ == "__main__":

@@ -131,6 +131,12 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _bar(fraction: float, width: int = 20) -> str:
+  """A text progress bar, e.g. [#######.............]."""
+  done = min(width, max(0, int(fraction * width)))
+  return "[" + "#" * done + "." * (width - done) + "]"
+
+
 def _duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rest = divmod(seconds, 3600)
@@ -325,7 +331,8 @@ def _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, work
         rate = (step - n0) * icfg.global_batch_size / max(time.time() - t0, 1e-9)
         eta = (total - step) * icfg.global_batch_size / max(rate, 1e-9)
         _, values = check(pending)
-        _say(f"step {step}/{total} ({100 * step / total:.0f}%) epoch {step / spe:.2f} "
+        _say(f"{_bar(step / total)} step {step}/{total} ({100 * step / total:.0f}%) "
+             f"epoch {step / spe:.2f} "
              f"loss {values['loss']:.4f} top-1 err {values['top1_error']:.3f} "
              f"lr {values['learning_rate']:.2g} | {rate:.0f} img/s | ETA {_duration(eta)}")
       if epoch_end and cfg.eval_every_epochs and (step // spe) % cfg.eval_every_epochs == 0 \
