@@ -13,13 +13,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import HAVE_DEBIAN_FILES
 from zf_jax import datasets
 from zf_jax import input_pipeline as ip
 
 NAME = "fashion_mnist_debian"
-HAVE_DEBIAN_FILES = all(
-    os.path.isfile(os.path.join(datasets.DEFAULT_DIR, name))
-    for images, labels, _ in datasets.FILES.values() for name in (images, labels))
 needs_debian_files = pytest.mark.skipif(
     not HAVE_DEBIAN_FILES,
     reason=f"no Fashion-MNIST in {datasets.DEFAULT_DIR}: sudo apt-get install dataset-fashion-mnist")
@@ -51,15 +49,9 @@ def _raw():
 
 
 @pytest.fixture(scope="module", name="data_dir")
-def _data_dir(tmp_path_factory):
-  """A fresh tfds data_dir with fashion_mnist_debian prepared from Debian's files."""
-  if not HAVE_DEBIAN_FILES:
-    pytest.skip(f"no Fashion-MNIST in {datasets.DEFAULT_DIR}")
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  with pytest.MonkeyPatch.context() as mp:
-    mp.delenv(datasets.DIR_ENV, raising=False)  # Read Debian's files, whatever the caller set.
-    tfds.builder(NAME, data_dir=data_dir).download_and_prepare()
-  return data_dir
+def _data_dir(fashion_data_dir):
+  """The session's fresh tfds data_dir with fashion_mnist_debian prepared (tests/conftest.py)."""
+  return fashion_data_dir
 
 
 @pytest.fixture(name="builder")
@@ -180,3 +172,9 @@ def test_input_pipeline_trains_on_it_by_name(data_dir):
     np.testing.assert_array_equal(image[..., 0], image[..., 1])  # Gray tiled to RGB.
     assert np.abs(image).max() <= 255.0 and image.std() > 1.0  # Real pixels, mean removed.
   assert os.path.exists(ip.mean_image_path(cfg))
+  info = ip.split_info(cfg)
+  assert (info.split, info.num_examples, info.grayscale) == ("test", 10_000, True)
+  assert info.class_names == datasets.CLASS_NAMES
+  with pytest.raises(ValueError, match=r"fashion_mnist_debian has no split 'val'; it has "
+                                       r"(train, test|test, train)"):
+    ip.split_info(cfg, "val")

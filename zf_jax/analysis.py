@@ -30,12 +30,14 @@ class Source:
     images minus this, whatever dataset they come from.
   split: the split examined.
   class_names: label names, when the dataset has them.
+  grayscale: the dataset's images are grey (one channel tiled to RGB).
   """
   run: evaluation.Run
   icfg: input_pipeline.InputConfig
   mean: np.ndarray
   split: str
   class_names: tuple[str, ...] | None
+  grayscale: bool = False
 
   @property
   def arch(self):
@@ -74,7 +76,8 @@ def open_source(workdir: str, *, step: int | None = None, dataset: str | None = 
   icfg = dataclasses.replace(train_icfg, dataset=dataset or train_icfg.dataset,
                              data_dir=data_dir or train_icfg.data_dir, eval_split=split)
   info = input_pipeline.split_info(icfg, split)
-  return Source(run=run, icfg=icfg, mean=mean, split=info.split, class_names=info.class_names)
+  return Source(run=run, icfg=icfg, mean=mean, split=info.split, class_names=info.class_names,
+                grayscale=info.grayscale)
 
 
 def batches(src: Source, *, crops: str = "center", max_examples: int | None = None

@@ -24,6 +24,17 @@ def signed_to_unit(x: np.ndarray, axis=(-3, -2, -1)) -> np.ndarray:
   return 0.5 + 0.5 * x / np.where(scale > 0, scale, 1.0)
 
 
+def channel_mean(x: np.ndarray) -> np.ndarray:
+  """The mean over the last (colour) axis, repeated: what a grey image can see of `x`.
+
+  On a grayscale dataset every input has equal channels, so only the mean of
+  a filter's (or a projection's) channels meets the data; the rest is its
+  untouched initial noise. The figures show this part for such datasets.
+  """
+  x = np.asarray(x, np.float32)
+  return np.repeat(x.mean(-1, keepdims=True), x.shape[-1], axis=-1)
+
+
 def minmax_to_unit(x: np.ndarray, axis=(-3, -2, -1)) -> np.ndarray:
   """Per-image stretch of min..max to 0..1 (filters, Fig. 6)."""
   x = np.asarray(x, np.float32)

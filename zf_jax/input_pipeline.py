@@ -211,11 +211,15 @@ def dataset_info(cfg: InputConfig) -> DatasetInfo:
 
 @dataclasses.dataclass(frozen=True)
 class SplitInfo:
-  """One split of a dataset, for the analyses: its resolved name, size and label names."""
+  """One split of a dataset, for the analyses: its resolved name, size and label names.
+
+  grayscale: the images have one channel (tiled to RGB by `decode_rgb`).
+  """
 
   split: str
   num_examples: int
   class_names: tuple[str, ...] | None
+  grayscale: bool = False
 
 
 def split_info(cfg: InputConfig, split: str | None = None) -> SplitInfo:
@@ -232,7 +236,9 @@ def split_info(cfg: InputConfig, split: str | None = None) -> SplitInfo:
     raise ValueError(f"{cfg.dataset} has no split {split!r}; it has {', '.join(known)}")
   label = builder.info.features["label"]
   names = tuple(label.names) if getattr(label, "names", None) else None
-  return SplitInfo(split=split, num_examples=_count(_read(builder, split)), class_names=names)
+  shape = getattr(builder.info.features["image"], "shape", None)
+  return SplitInfo(split=split, num_examples=_count(_read(builder, split)), class_names=names,
+                   grayscale=bool(shape) and shape[-1] == 1)
 
 
 def decode_rgb(image: tf.Tensor) -> tf.Tensor:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zf_jax import analysis, figures, occlusion, report, topk
+from zf_jax import analysis, evaluation, figures, input_pipeline, occlusion, report, topk
 from zf_jax.arch import Arch
 
 
@@ -60,6 +60,8 @@ def top9_panels(src: analysis.Source, state: topk.TopK, layer: int, maps: Sequen
   images = np.stack([[examples.get(int(i), blank) for i in row] for row in index])
   proj = topk.project_top(src.params, src.arch, state, layer, maps, images, mode=mode)
   rows, cols = np.asarray(state.row[layer])[list(maps)], np.asarray(state.col[layer])[list(maps)]
+  if src.grayscale:
+    proj = figures.channel_mean(proj)
   proj_patches = figures.signed_to_unit(topk.patches(src.arch, layer, proj, rows, cols))
   pixels = analysis.display(src, images).astype(np.float32) / 255.0
   image_patches = topk.patches(src.arch, layer, pixels, rows, cols, fill=0.5)
@@ -149,17 +151,19 @@ def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
   """Fig. 6: the layer-1 filters of one or more runs, one panel each, in the first run's report.
 
   Each filter (one output map: kh x kw x 3 weights) is stretched min..max on
-  its own, as in the paper's filter figures.
+  its own, as in the paper's filter figures. Runs trained on grey images
+  show the mean of the filter's channels (`figures.channel_mean`).
   """
   if not workdirs:
     raise ValueError("fig6_filters needs at least one run workdir")
-  runs = [analysis.evaluation.load_run(w) for w in workdirs]
+  runs = [evaluation.load_run(w) for w in workdirs]
+  grey = [input_pipeline.split_info(r.input_config()).grayscale for r in runs]
   labels = list(labels or [f"{r.arch.name} ({os.path.basename(r.workdir)}, step {r.step})"
-                           for r in runs])
+                           + (", channel mean" if g else "") for r, g in zip(runs, grey)])
   panels = []
-  for run in runs:
-    w = np.asarray(run.params[f"conv{run.arch.convs[0].layer}"]["w"])  # (kh, kw, 3, n)
-    tiles = figures.minmax_to_unit(np.moveaxis(w, -1, 0))
+  for run, grayscale in zip(runs, grey):
+    w = np.moveaxis(np.asarray(run.params[f"conv{run.arch.convs[0].layer}"]["w"]), -1, 0)
+    tiles = figures.minmax_to_unit(figures.channel_mean(w) if grayscale else w)
     cols = int(math.ceil(math.sqrt(len(tiles))))
     panels.append(figures.montage(np.kron(tiles, np.ones((1, 4, 4, 1), np.float32))
                                   if tiles.shape[1] < 8 else tiles, cols, pad=2))
@@ -241,6 +245,7 @@ def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = No
     maps = occlusion.occlusion(src.params, src.arch, image, int(label), patch=patch,
                                stride=stride, fill=fill_value, chunk=chunk)
     proj = np.asarray(occlusion.feature_projection(src.params, src.arch, image, maps.feature))
+    proj = figures.channel_mean(proj) if src.grayscale else proj
     shown = px.copy()
     y0, x0, y1, x1 = maps.box(maps.prob.shape[0] // 2, maps.prob.shape[1] // 2)
     shown[y0:y1, x0:x1] = analysis.display(
