@@ -166,16 +166,16 @@ def project_top(params: Params, arch: Arch, state: TopK, layer: int, maps: Seque
   maps = np.asarray(maps, np.int32)
   rows, cols = np.asarray(state.row[layer])[maps], np.asarray(state.col[layer])[maps]
   empty = np.asarray(state.index[layer])[maps] < 0
+  size = min(chunk, len(maps))  # Every call has this many maps: one compile.
+
+  def fill(x, n):  # The last chunk repeats its last map up to `size`.
+    return np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)]) if n < size else x
+
   out = []
   for lo in range(0, len(maps), chunk):
-    hi = min(lo + chunk, len(maps))
-    size = chunk if len(maps) > chunk else hi - lo  # One compile for all full and last chunks.
-    pad = lambda x: np.concatenate([x, np.repeat(x[-1:], size - (hi - lo), 0)]) if hi - lo < size \
-        else x
-    proj = _project_maps(params, arch, layer, jnp.asarray(pad(images[lo:hi])),
-                         jnp.asarray(pad(rows[lo:hi])), jnp.asarray(pad(cols[lo:hi])),
-                         jnp.asarray(pad(maps[lo:hi])), mode)
-    out.append(np.asarray(proj)[:hi - lo])
+    n = min(chunk, len(maps) - lo)
+    part = [jnp.asarray(fill(x[lo:lo + n], n)) for x in (images, rows, cols, maps)]
+    out.append(np.asarray(_project_maps(params, arch, layer, *part, mode))[:n])
   proj = np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.float32)
   proj[empty] = 0.0
   return proj

@@ -43,6 +43,15 @@ def top_activations(src: analysis.Source, layers: Sequence[int], k: int = 9,
   return topk.over_batches(src.params, src.arch, _batches_with_valid(src, max_examples), layers, k)
 
 
+def kept_examples(src: analysis.Source, state: topk.TopK, maps: dict[int, Sequence[int]]
+                  ) -> dict[int, np.ndarray]:
+  """{example index: preprocessed image} of every entry `state` keeps for `maps` {layer: maps}."""
+  wanted = sorted({int(i) for l, m in maps.items() for i in np.asarray(state.index[l])[list(m)]
+                   .ravel() if i >= 0})
+  data = analysis.load_examples(src, wanted)
+  return dict(zip(data["index"].tolist(), data["image"]))
+
+
 def _block(tiles: np.ndarray, cols: int) -> np.ndarray:
   return figures.montage(tiles, cols, pad=1, fill=1.0)
 
@@ -93,10 +102,7 @@ def fig2(src: analysis.Source, *, layers: Sequence[int] | None = None, maps_per_
   layers = tuple(layers or arch.conv_layers)
   state = top_activations(src, layers, k, max_examples)
   chosen = {l: pick_maps(arch, l, maps_per_layer, seed) for l in layers}
-  wanted = sorted({int(i) for l in layers for i in np.asarray(state.index[l])[chosen[l]].ravel()
-                   if i >= 0})
-  data = analysis.load_examples(src, wanted)
-  examples = dict(zip(data["index"].tolist(), data["image"]))
+  examples = kept_examples(src, state, chosen)
   workdir = src.run.workdir
   paths, record = [], {}
   side = math.ceil(math.sqrt(k))
@@ -196,9 +202,7 @@ def fig6_layer2(sources: Sequence[analysis.Source], maps: int, *, k: int = 9, se
   for src in sources:
     state = top_activations(src, (2,), k, max_examples)
     chosen = pick_maps(src.arch, 2, maps, seed)
-    wanted = sorted({int(i) for i in np.asarray(state.index[2])[chosen].ravel() if i >= 0})
-    data = analysis.load_examples(src, wanted)
-    proj, _ = top9_panels(src, state, 2, chosen, dict(zip(data["index"].tolist(), data["image"])))
+    proj, _ = top9_panels(src, state, 2, chosen, kept_examples(src, state, {2: chosen}))
     rows.append([_block(p, side) for p in proj])
     titles.append([f"map {m}" for m in chosen])
     labels.append(f"{src.arch.name} ({os.path.basename(src.run.workdir)})")
@@ -377,10 +381,7 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
       with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
         spe = json.load(f).get("steps_per_epoch")
     state = top_activations(src, layers_, 1, max_examples)
-    wanted = sorted({int(i) for l in layers_ for i in np.asarray(state.index[l])[chosen[l], 0]
-                     if i >= 0})
-    data = analysis.load_examples(src, wanted)
-    examples = dict(zip(data["index"].tolist(), data["image"]))
+    examples = kept_examples(src, state, chosen)
     column = []
     for l in layers_:
       proj, _ = top9_panels(src, state, l, chosen[l], examples, mode=mode)
