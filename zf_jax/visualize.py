@@ -354,8 +354,8 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
          batch_size: int = 64, mode: str = "deconvnet") -> str:
   """Fig. 4: how the strongest activation of chosen maps evolves over the saved checkpoints.
 
-  For each checkpoint (default: every one kept, e.g. the epochs of
-  `trainer.FIG4_EPOCHS`), one streaming pass over the first `max_examples`
+  For each checkpoint (default: the epoch ends kept, `trainer.FIG4_EPOCHS`,
+  or every checkpoint when none is at an epoch end), one streaming pass over the first `max_examples`
   training images finds each chosen map's strongest activation, projected to
   pixels and cut to its receptive field. Rows: (layer, map); columns: checkpoints.
   """
@@ -366,20 +366,22 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
     raise FileNotFoundError(f"{workdir} has no checkpoints/ folder: the run saved no checkpoint")
   with checkpoint.Checkpointer(ckpt_dir, read_only=True) as ckpt:
     available = ckpt.all_steps()
-  steps = sorted(available if steps is None else steps)
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    spe = json.load(f).get("steps_per_epoch")
+  if steps is None:  # The epoch ends the trainer kept (FIG4_EPOCHS); else every checkpoint.
+    steps = [s for s in available if spe and s % spe == 0] or available
+  steps = sorted(steps)
   missing = [s for s in steps if s not in available]
   if missing or not steps:
     raise ValueError(f"no checkpoint for step(s) {missing or steps} in {ckpt_dir}; available: "
                      f"{', '.join(map(str, available)) or 'none'}")
-  columns, layers_, chosen, spe = [], None, None, None
+  columns, layers_, chosen = [], None, None
   for s in steps:
     src = analysis.open_source(workdir, step=s, dataset=dataset, split=split, data_dir=data_dir,
                                batch_size=batch_size)
     if layers_ is None:
       layers_ = tuple(layers or src.arch.conv_layers)
       chosen = {l: pick_maps(src.arch, l, maps_per_layer, seed) for l in layers_}
-      with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-        spe = json.load(f).get("steps_per_epoch")
     state = top_activations(src, layers_, 1, max_examples)
     examples = kept_examples(src, state, chosen)
     column = []
