@@ -395,7 +395,7 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
   rows = [[columns[c][r] for c in range(len(steps))] for r in range(len(labels))]
   fig = figures.image_rows(rows, [titles if r == 0 else [""] * len(steps)
                                   for r in range(len(rows))], labels, cell=1.3, fontsize=7)
-  fig.suptitle("Evolution of the strongest activation of chosen maps across training", fontsize=9)
+  fig.suptitle("Strongest activation of chosen maps,\nby checkpoint", fontsize=9)
   path = figures.save(fig, report.figure_path(workdir, "fig4_evolution.png"))
   report.add_section(
       workdir, "fig4", "Fig. 4: feature evolution during training",
