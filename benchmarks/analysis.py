@@ -223,7 +223,7 @@ def main():
                   key=lambda t: t["median"], default=None)
   rows = [("fig2 (layer 5)", ours["fig2"], peer.get("fig2"), f"{maps * K} projections"),
           ("occlusion (best setting)", best_ours, best_peer, "484 positions")]
-  print(f"\n| workload | ours | Captum | Captum / ours | work |\n|---|---|---|---|---|")
+  print("\n| workload | ours | Captum | Captum / ours | work |\n|---|---|---|---|---|")
   for name, a, b, work in rows:
     ratio = f"{b['median'] / a['median']:.2f}x" if b else "-"
     print(f"| {name} | {fmt(a)} | {fmt(b)} | {ratio} | {work} |")

@@ -10,7 +10,7 @@ Writes figures/fig4_evolution.png and the report section.
 
 from absl import flags
 
-from experiments import cli, common
+from experiments import cli, common  # noqa: F401  (common defines the shared flags)
 from zf_jax import visualize
 
 flags.DEFINE_list("steps", [], "Checkpoint steps (default: every checkpoint kept).")

@@ -122,7 +122,12 @@ def main(_):
   if done and summary.get("eval"):
     line += f"; {summary['dataset']} accuracy {_accuracy(summary)}"
   report = None
-  if done and FLAGS.visualize and jax.process_index() == 0:
+  if done and FLAGS.visualize and jax.process_count() > 1:
+    if jax.process_index() == 0:  # The analyses run in one process; the mesh spans all.
+      print("--visualize is skipped with several processes: run `python -m experiments."
+            f"fig2_top9 --workdir={summary['workdir']}` (and the other figure binaries) "
+            "on one host")
+  elif done and FLAGS.visualize:
     report = os.path.join(summary["workdir"], "report.html")
     if not (summary.get("already_complete") and os.path.exists(report)):
       print("writing the visualisations (Figs. 2, 4, 6, 7) ...", flush=True)

@@ -20,7 +20,8 @@ from zf_jax import input_pipeline as ip
 NAME = "fashion_mnist_debian"
 needs_debian_files = pytest.mark.skipif(
     not HAVE_DEBIAN_FILES,
-    reason=f"no Fashion-MNIST in {datasets.DEFAULT_DIR}: sudo apt-get install dataset-fashion-mnist")
+    reason=f"no Fashion-MNIST in {datasets.DEFAULT_DIR}: "
+    "sudo apt-get install dataset-fashion-mnist")
 
 
 def assert_one_line(excinfo):

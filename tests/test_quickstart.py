@@ -2,8 +2,9 @@
 
 Runs `experiments.train_imagenet --flagfile=experiments/quickstart.flags`
 exactly as the README does, overriding only the length of training and of
-the final evaluation (centre crop only) and the data_dir (a fresh one), then checks every promised output exists and the
-report references it; a second run on the same workdir must not train again.
+the final evaluation (centre crop only) and the data_dir (a fresh one), then
+checks every promised output exists and the report references it; a second
+run on the same workdir must not train again.
 """
 
 import json

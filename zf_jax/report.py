@@ -79,7 +79,8 @@ ORDER = ("training", "fig6", "fig2", "fig7", "fig4", "fig5", "table1", "table2")
 def figure_path(directory: str | os.PathLike, name: str) -> str:
   """`<directory>/figures/<name>` (a PNG file name), its folder created."""
   if not _NAME.match(name) or name in (".", ".."):
-    raise ValueError(f"figure name must be a plain file name (letters, digits, _ - .), got {name!r}")
+    raise ValueError(f"figure name must be a plain file name (letters, digits, _ - .), "
+                     f"got {name!r}")
   folder = os.path.join(os.path.abspath(os.fspath(directory)), FIGURES_DIR)
   os.makedirs(folder, exist_ok=True)
   return os.path.join(folder, name)

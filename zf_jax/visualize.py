@@ -355,9 +355,11 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
   """Fig. 4: how the strongest activation of chosen maps evolves over the saved checkpoints.
 
   For each checkpoint (default: the epoch ends kept, `trainer.FIG4_EPOCHS`,
-  or every checkpoint when none is at an epoch end), one streaming pass over the first `max_examples`
-  training images finds each chosen map's strongest activation, projected to
-  pixels and cut to its receptive field. Rows: (layer, map); columns: checkpoints.
+  or every checkpoint when none is at an epoch end), one streaming pass over
+  the first `max_examples` training images finds each chosen map's strongest
+  activation, projected to pixels and cut to its receptive field. Rows:
+  (layer, map); columns: checkpoints. (An extra pass per checkpoint, not
+  tracked during training.)
   """
   from zf_jax import checkpoint  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
