@@ -118,9 +118,7 @@ def test_occluding_the_garment_costs_more_than_occluding_the_background(fashion_
   workdir, _ = fashion_run
   src = analysis.open_source(workdir)
   data = analysis.load_examples(src, range(40))
-  size = src.arch.image_size
-  off = (src.mean.shape[0] - size) // 2
-  black = -src.mean[off:off + size, off:off + size]
+  black = -src.mean_crop()
   pixels = analysis.display(src, data["image"]).mean(-1)  # 0..255, garments bright on black.
   on_object, on_background = [], []
   for image, label, px in zip(data["image"], data["label"], pixels):

@@ -47,6 +47,15 @@ class Source:
   def params(self):
     return self.run.params
 
+  def mean_crop(self, size: int | None = None) -> np.ndarray:
+    """The centre size x size of the mean image (default: the model's input size).
+
+    What preprocessing subtracted from a centre crop: `-mean_crop()` is black.
+    """
+    size = size or self.arch.image_size
+    off = (self.mean.shape[0] - size) // 2
+    return self.mean[off:off + size, off:off + size]
+
   def class_name(self, label: int) -> str:
     label = int(label)
     if self.class_names and 0 <= label < len(self.class_names):
@@ -169,5 +178,4 @@ def display(src: Source, images: np.ndarray) -> np.ndarray:
   """
   images = np.asarray(images, np.float32)
   size = images.shape[-2]
-  off = (src.mean.shape[0] - size) // 2
-  return np.clip(images + src.mean[off:off + size, off:off + size], 0, 255).astype(np.uint8)
+  return np.clip(images + src.mean_crop(size), 0, 255).astype(np.uint8)

@@ -235,8 +235,7 @@ def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = No
   if fill not in FILLS:
     raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
   size = src.arch.image_size
-  off = (src.mean.shape[0] - size) // 2
-  fill_value = 0.0 if fill == "grey" else -src.mean[off:off + size, off:off + size]
+  fill_value = 0.0 if fill == "grey" else -src.mean_crop()
   # Defaults (the paper gives no sizes): a 50 px square every 8 px at 224 px, scaled to the input.
   patch = patch or max(1, round(size * 50 / 224))
   stride = stride or max(1, round(size * 8 / 224))
