@@ -576,12 +576,16 @@ def final_state(workdir, data_dir):
   return flat(state), meta
 
 
+def start_binary_run(spawn, tmp_path, data_dir, name):
+  """(child, workdir, checkpoint dir, args) of the binary run `name` started in tmp_path."""
+  workdir = str(tmp_path / name)
+  args = binary_args(str(tmp_path), workdir, data_dir)
+  return spawn(name, args), workdir, os.path.join(workdir, "checkpoints"), args
+
+
 def test_sigkill_mid_run_then_rerun_ends_exactly_as_an_uninterrupted_run(
     spawn, tmp_path, data_dir, uninterrupted):
-  workdir = str(tmp_path / "killed")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  args = binary_args(str(tmp_path), workdir, data_dir)
-  killed = spawn("killed", args)
+  killed, workdir, ckpt_dir, args = start_binary_run(spawn, tmp_path, data_dir, "killed")
   # After the first epoch (validation, plateau rule, the Fig. 4 checkpoint at
   # 8): the rerun must skip a whole epoch of data and restore the best error.
   wait_for_checkpoint(killed, ckpt_dir, STEPS_PER_EPOCH + 2)
@@ -607,10 +611,7 @@ def test_sigkill_mid_run_then_rerun_ends_exactly_as_an_uninterrupted_run(
 
 def test_sigterm_saves_exits_zero_and_the_rerun_finishes(
     spawn, tmp_path, data_dir, uninterrupted):
-  workdir = str(tmp_path / "stopped")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  args = binary_args(str(tmp_path), workdir, data_dir)
-  stopped = spawn("stopped", args)
+  stopped, workdir, ckpt_dir, args = start_binary_run(spawn, tmp_path, data_dir, "stopped")
   wait_for_checkpoint(stopped, ckpt_dir, 2)
   os.kill(stopped.pid, signal.SIGTERM)
   rc = stopped.wait(120)

@@ -89,14 +89,16 @@ def open_source(workdir: str, *, step: int | None = None, dataset: str | None = 
                 grayscale=info.grayscale)
 
 
-def batches(src: Source, *, crops: str = "center", max_examples: int | None = None
+def batches(src: Source, *, max_examples: int | None = None, resize: bool = False
             ) -> Iterator[dict[str, np.ndarray]]:
   """The split in file order: {"image", "label", "index"} per batch, padding removed.
 
-  "image" is preprocessed as in training ((b, H, W, 3) for crops="center",
-  (b, 10, H, W, 3) for "ten"); "index" is each example's position in the split.
+  "image" is (b, H, W, 3), preprocessed as in training (centre crop); with
+  `resize`, the whole (resize_size)^2 image before cropping (still minus the
+  mean). "index" is each example's position in the split.
   """
-  it = input_pipeline.make_eval_iterator(src.icfg, crops=crops, split=src.split, process_index=0,
+  icfg = dataclasses.replace(src.icfg, image_size=src.icfg.resize_size) if resize else src.icfg
+  it = input_pipeline.make_eval_iterator(icfg, crops="center", split=src.split, process_index=0,
                                          process_count=1, mean=src.mean)
   size = src.icfg.global_batch_size
   seen = 0
@@ -128,17 +130,12 @@ def load_examples(src: Source, indices: Sequence[int], *, resize: bool = False
   indices = np.asarray(indices, np.int64).reshape(-1)
   wanted = set(indices.tolist())
   found: dict[int, tuple[np.ndarray, int]] = {}
-  if len(indices):
-    it = input_pipeline.make_eval_iterator(
-        dataclasses.replace(src.icfg, image_size=src.icfg.resize_size) if resize else src.icfg,
-        crops="center", split=src.split, process_index=0, process_count=1, mean=src.mean)
-    size = src.icfg.global_batch_size
-    for k, batch in enumerate(it):
-      for j in np.flatnonzero(batch["mask"] > 0):
-        if k * size + j in wanted:
-          found[k * size + j] = (batch["image"][j], int(batch["label"][j]))
-      if len(found) == len(wanted):
-        break
+  for batch in batches(src, resize=resize) if wanted else ():
+    for image, label, index in zip(batch["image"], batch["label"], batch["index"]):
+      if int(index) in wanted:
+        found[int(index)] = (image, int(label))
+    if len(found) == len(wanted):
+      break
   missing = sorted(wanted - set(found))
   if missing:
     raise ValueError(f"example index {missing[0]} is not in {src.icfg.dataset}:{src.split}")

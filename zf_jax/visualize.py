@@ -14,9 +14,11 @@ import math
 import os
 from collections.abc import Sequence
 
+import matplotlib
+from matplotlib.patches import Patch
 import numpy as np
 
-from zf_jax import analysis, evaluation, figures, input_pipeline, occlusion, report, topk
+from zf_jax import analysis, checkpoint, evaluation, figures, input_pipeline, occlusion, report, topk
 from zf_jax.arch import Arch
 
 
@@ -242,7 +244,6 @@ def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = No
   data = analysis.load_examples(src, indices)
   pixels = analysis.display(src, data["image"])
   rows, titles, record, legends = [], [], [], []
-  import matplotlib  # pylint: disable=g-import-not-at-top
   cmap = matplotlib.colormaps["tab20"]
   for image, label, index, px in zip(data["image"], data["label"], data["index"], pixels):
     maps = occlusion.occlusion(src.params, src.arch, image, int(label), patch=patch,
@@ -274,7 +275,6 @@ def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = No
                    "top_class": np.asarray(maps.top_class).tolist(),
                    "activity": np.asarray(maps.activity).round(5).tolist()})
   fig = figures.image_rows(rows, titles, cell=2.2, fontsize=7)
-  from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
   for i, found in enumerate(legends):
     fig.axes[i * 5 + 4].legend(handles=[Patch(color=cmap(c % 20), label=src.class_name(c))
                                         for c in found], fontsize=6, loc="center left",
@@ -360,7 +360,6 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
   (layer, map); columns: checkpoints. (An extra pass per checkpoint, not
   tracked during training.)
   """
-  from zf_jax import checkpoint  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
@@ -405,12 +404,6 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
             f"{max_examples or 'all'} examples of the {split} split at that checkpoint, cut to "
             "the unit's receptive field. Section 4.1, Fig. 4."), figures=[path])
   return path
-
-
-def describe(src: analysis.Source) -> dict:
-  """A few facts about a Source for logs and report headers."""
-  return {"workdir": src.run.workdir, "step": src.run.step, "arch": src.arch.name,
-          "dataset": src.icfg.dataset, "split": src.split}
 
 
 
