@@ -1,4 +1,4 @@
-r"""Fig. 4: the evolution of chosen feature maps across the saved checkpoints (Section 4.1).
+r"""Fig. 4: the evolution of chosen feature maps across the saved checkpoints (Section 4).
 
   python -m experiments.fig4_evolution --workdir=runs/zfnet --maps_per_layer=4
 

@@ -1,4 +1,4 @@
-r"""Fig. 6: layer-1 filters of one or more runs, side by side (Sections 4, 5.1).
+r"""Fig. 6: layer-1 filters of one or more runs, side by side (Section 4.1).
 
   python -m experiments.fig6_filters --workdir=runs/zfnet \
       --compare=runs/zfnet_no_rms,runs/alexnet --layer2_maps=8

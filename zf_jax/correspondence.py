@@ -414,7 +414,7 @@ def _summary(c: Consistency) -> dict[str, Any]:
 def analyse(params, arch: Arch, images: np.ndarray, parts: PartBoxes, *, num_random: int = 50,
             seed: int = 0, layers: Sequence[int] = DEFAULT_LAYERS, fill: float = 0.0,
             batch_size: int = 64) -> dict[str, Any]:
-  """Table 1's measurements: Delta at `layers` for every named part and for random parts.
+  """Table 1's measurements (Section 4.3): Delta at `layers` for named and random parts.
 
   Args:
     params, arch: the model.
@@ -482,7 +482,7 @@ def _pm(stats: Mapping[str, float]) -> str:
 
 def table1(result: Mapping[str, Any], parts: PartBoxes, *, dataset: str, split: str,
            class_name: str | None = None) -> tuple[str, dict[str, Any]]:
-  """Table 1 as Markdown and JSON: our parts and random parts beside the paper's rows.
+  """Table 1 (Section 4.3) as Markdown and JSON: our parts and random parts beside the paper's rows.
 
   Returns:
     (markdown, json_obj); json_obj = {"table", "title", "dataset", "split",

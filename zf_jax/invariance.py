@@ -168,7 +168,7 @@ def _chunk_curves(params, image, label, a, t, arch: Arch, layers: tuple[int, ...
 def invariance_curves(params: model.Params, arch: Arch, images, labels, *, kind: str,
                       amounts: Sequence[float] | np.ndarray | None = None,
                       layers: Sequence[int] = (1, 7), batch_size: int = 64) -> dict:
-  """Fig. 5: feature distances and true-class probability as images are transformed.
+  """Fig. 5 (Section 4): feature distances and true-class probability as images are transformed.
 
   Args:
     params, arch: the model.

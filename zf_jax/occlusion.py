@@ -123,7 +123,7 @@ def _occlusion(params, arch, image, label, patch, stride, fill, chunk):
 def occlusion(params: Params, arch: Arch, image: jax.Array, label: int | jax.Array, *,
               patch: int, stride: int, fill: float | jax.Array = 0.0, chunk: int = 64
               ) -> OcclusionMaps:
-  """Fig. 7's occlusion maps of one image.
+  """Fig. 7's occlusion maps of one image (Section 4.2).
 
   Args:
     params, arch: the model.
@@ -161,7 +161,7 @@ def occlusion(params: Params, arch: Arch, image: jax.Array, label: int | jax.Arr
 @functools.partial(jax.jit, static_argnames=("arch", "mode"))
 def feature_projection(params: Params, arch: Arch, image: jax.Array, feature: jax.Array, *,
                        mode: str = "deconvnet") -> jax.Array:
-  """Fig. 7 (c): the deconvnet projection of map `feature`'s strongest activation in `image`.
+  """Fig. 7 (c), Section 4.2: the projection of map `feature`'s strongest activation in `image`.
 
   The map lives in the top conv layer (the one `occlusion` monitors).
   Returns (H, W, 3).

@@ -77,7 +77,7 @@ def init(arch: Arch, layers: Sequence[int], k: int = 9) -> TopK:
 @functools.partial(jax.jit, static_argnames=("arch",), donate_argnums=0)
 def update(state: TopK, params: Params, arch: Arch, images: jax.Array, index: jax.Array,
            valid: jax.Array | None = None) -> TopK:
-  """Merges one batch into `state`.
+  """Merges one batch into `state` (Fig. 2's top activations, Section 4).
 
   Args:
     state: from `init` or a previous `update` (donated).
@@ -144,7 +144,7 @@ def _project_maps(params, arch, layer, images, rows, cols, maps, mode):
 
 def project_top(params: Params, arch: Arch, state: TopK, layer: int, maps: Sequence[int],
                 images: np.ndarray, *, mode: str = "deconvnet", chunk: int = 8) -> np.ndarray:
-  """Deconvnet projections of the kept activations of `maps` of `layer`.
+  """Deconvnet projections (Section 2.1) of the kept activations of `maps` of `layer` (Fig. 2).
 
   Args:
     params, arch: the model.
@@ -191,7 +191,7 @@ def patch_boxes(arch: Arch, layer: int, rows: np.ndarray, cols: np.ndarray) -> n
 
 def patches(arch: Arch, layer: int, images: np.ndarray, rows: np.ndarray, cols: np.ndarray,
             fill: float = 0.0) -> np.ndarray:
-  """Cuts each unit's receptive field out of its image (or projection).
+  """Cuts each unit's receptive field out of its image or projection (Fig. 2's patches, Section 4).
 
   Args:
     images: (..., H, W, C) one image per unit.

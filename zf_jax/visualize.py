@@ -18,7 +18,8 @@ import matplotlib
 from matplotlib.patches import Patch
 import numpy as np
 
-from zf_jax import analysis, checkpoint, evaluation, figures, input_pipeline, occlusion, report, topk
+from zf_jax import (analysis, checkpoint, evaluation, figures, input_pipeline, occlusion, report,
+                    topk)
 from zf_jax.arch import Arch
 
 
@@ -41,7 +42,7 @@ def _batches_with_valid(src: analysis.Source, max_examples: int | None):
 
 def top_activations(src: analysis.Source, layers: Sequence[int], k: int = 9,
                     max_examples: int | None = None) -> topk.TopK:
-  """One streaming pass over the split: the k strongest activations of every map of `layers`."""
+  """Fig. 2 (Section 4): one pass over the split, the k strongest activations of every map."""
   return topk.over_batches(src.params, src.arch, _batches_with_valid(src, max_examples), layers, k)
 
 
@@ -85,7 +86,7 @@ def top9_panels(src: analysis.Source, state: topk.TopK, layer: int, maps: Sequen
 def fig2(src: analysis.Source, *, layers: Sequence[int] | None = None, maps_per_layer: int = 16,
          k: int = 9, seed: int = 0, mode: str = "deconvnet", max_examples: int | None = None,
          maps_per_row: int = 4) -> list[str]:
-  """Fig. 2: for each layer, `maps_per_layer` maps x their top k projections beside their patches.
+  """Fig. 2 (Section 4): per layer, `maps_per_layer` maps x top-k projections beside their patches.
 
   Args:
     src: the run and split (the paper: the validation set).
@@ -156,7 +157,9 @@ def fig2(src: analysis.Source, *, layers: Sequence[int] | None = None, maps_per_
 
 def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
                  out: str | None = None) -> str:
-  """Fig. 6: the layer-1 filters of one or more runs, one panel each, in the first run's report.
+  """Fig. 6 (Section 4.1): layer-1 filters of one or more runs, one panel each.
+
+  Written into the first run's report (or `out`).
 
   Each filter (one output map: kh x kw x 3 weights) is stretched min..max on
   its own, as in the paper's filter figures. Runs trained on grey images
@@ -189,7 +192,7 @@ def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
        f"{sum(x >= 0.0999 for x in v)} |" for label, v in rms.items()]), {"rms": rms})
   report.add_section(
       out, "fig6", "Fig. 6: layer-1 filters",
-      text=("The first layer's filters, each shown stretched to its own range. Section 4 / 5.1: "
+      text=("The first layer's filters, each shown stretched to its own range. Section 4.1: "
             "without the RMS renormalisation of Section 3 a few filters dominate; ZFNet's 7x7 "
             "stride-2 filters have fewer dead and aliased ones than AlexNet's 11x11 stride 4."),
       figures=[path], tables=["fig6_filter_rms"])
@@ -198,7 +201,7 @@ def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
 
 def fig6_layer2(sources: Sequence[analysis.Source], maps: int, *, k: int = 9, seed: int = 0,
                 max_examples: int | None = None, out: str | None = None) -> str:
-  """Fig. 6 (d)/(e): layer-2 top-k projections of `maps` maps of each run, one row per run."""
+  """Fig. 6 (d)/(e) (Section 4.1): layer-2 top-k projections of `maps` maps, one row per run."""
   rows, titles, labels = [], [], []
   side = math.ceil(math.sqrt(k))
   for src in sources:
@@ -228,7 +231,7 @@ FILLS = ("grey", "black")
 
 def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = None,
          stride: int | None = None, fill: str = "grey", chunk: int = 64) -> str:
-  """Fig. 7: occlusion sensitivity of a few images, one row each: (a)-(e) of the paper.
+  """Fig. 7 (Section 4.2): occlusion sensitivity of a few images, one row each: (a)-(e).
 
   `fill`: "grey" (the paper: the mean image, 0 after mean subtraction) or
   "black" (pixel value 0: the neutral occluder of datasets with a black
@@ -351,7 +354,7 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
          maps_per_layer: int = 4, seed: int = 0, max_examples: int | None = 10_000,
          dataset: str | None = None, split: str = "train", data_dir: str | None = None,
          batch_size: int = 64, mode: str = "deconvnet") -> str:
-  """Fig. 4: how the strongest activation of chosen maps evolves over the saved checkpoints.
+  """Fig. 4 (Section 4): the strongest activation of chosen maps over the saved checkpoints.
 
   For each checkpoint (default: the epoch ends kept, `trainer.FIG4_EPOCHS`,
   or every checkpoint when none is at an epoch end), one streaming pass over
@@ -402,7 +405,8 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
       text=(f"Rows: feature maps (layer, map); columns: saved checkpoints. Each tile is the "
             f"projection of the map's strongest activation over the first "
             f"{max_examples or 'all'} examples of the {split} split at that checkpoint, cut to "
-            "the unit's receptive field. Section 4.1, Fig. 4."), figures=[path])
+            "the unit's receptive field. Section 4 (Feature Evolution during Training), "
+            "Fig. 4."), figures=[path])
   return path
 
 
