@@ -172,6 +172,53 @@ def test_layer1_projection_stays_in_the_receptive_field(arch):
       assert not image[b][~window].any()
 
 
+# ZFNet's geometry (7x7/2 conv1, padded pools, 5x5/2 conv2 without padding) at
+# 112 px with few maps: units of layers 2-3 have receptive fields smaller than
+# the image, so project_units' windows stop at every border.
+ZF_NARROW = dataclasses.replace(
+    arch_lib.get("zfnet"), name="zf_narrow", image_size=112, num_classes=3,
+    convs=tuple(dataclasses.replace(c, features=f)
+                for c, f in zip(arch_lib.get("zfnet").convs, (8, 12, 16, 16, 8))),
+    fcs=tuple(dataclasses.replace(f, features=16) for f in arch_lib.get("zfnet").fcs))
+
+
+def _units(trace, layer):
+  """Units at the corners, edges and middle of the map, of several features and images."""
+  n, h, w, c = trace.activations[layer].shape
+  places = [(0, 0), (h - 1, w - 1), (0, w - 1), (h - 1, 0), (h // 2, w // 3), (1, w - 2)]
+  return [(k % n, r, q, (3 * k) % c) for k, (r, q) in enumerate(places)]
+
+
+@pytest.mark.parametrize("mode", deconv.MODES)
+@pytest.mark.parametrize("arch", [ZF_NARROW, TINY, ZF_LIKE], ids=["zf_narrow", "tiny", "zf_layer1"])
+def test_project_units_equals_project_of_one_activation(arch, mode):
+  params, trace = _setup(arch, n=2)
+  for layer in arch.conv_layers:
+    units = _units(trace, layer)
+    acts = trace.activations[layer]
+    ours = deconv.project_units(params, arch, trace, layer,
+                                tuple(jnp.array(u) for u in zip(*units)), mode=mode)
+    assert ours.shape == (len(units),) + trace.images.shape[1:]
+    for k, (n, r, q, f) in enumerate(units):
+      selection = jnp.zeros_like(acts).at[n, r, q, f].set(acts[n, r, q, f])
+      want = deconv.project(params, arch, trace, layer, selection, mode=mode)[n]
+      scale = float(jnp.max(jnp.abs(want))) or 1.0
+      np.testing.assert_allclose(ours[k], want, rtol=0, atol=1e-5 * scale,
+                                 err_msg=f"layer {layer} unit {(n, r, q, f)}")
+
+
+def test_project_units_of_full_zfnet_has_image_shapes():
+  arch = arch_lib.get("zfnet")
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), arch))
+  images = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+  trace = jax.eval_shape(lambda p, x: model.apply(p, x, arch)[1], params, images)
+  units = tuple(jax.ShapeDtypeStruct((7,), jnp.int32) for _ in range(4))
+  for layer in (2, 5):
+    out = jax.eval_shape(lambda p, t, u, layer=layer: deconv.project_units(p, arch, t, layer, u),
+                         params, trace, units)
+    assert out.shape == (7, 224, 224, 3)
+
+
 def test_bad_requests_are_one_line_errors():
   params, trace = _setup(TINY)
   sel = deconv.strongest(trace, 5, 0)
@@ -181,3 +228,8 @@ def test_bad_requests_are_one_line_errors():
     deconv.project(params, TINY, trace, 6, sel)
   with pytest.raises(ValueError, match="does not match layer 4's activations"):
     deconv.project(params, TINY, trace, 4, sel)
+  units = tuple(jnp.zeros(2, jnp.int32) for _ in range(4))
+  with pytest.raises(ValueError, match="unknown projection mode 'sideways'"):
+    deconv.project_units(params, TINY, trace, 5, units, mode="sideways")
+  with pytest.raises(ValueError, match=r"cannot project from layer 6"):
+    deconv.project_units(params, TINY, trace, 6, units)

@@ -153,6 +153,41 @@ def test_conv_transpose_equals_the_derived_transpose_and_flipped_filters():
       layers.conv2d(y1, flipped, None, 1, ((1, 1), (1, 1))), rtol=1e-5, atol=1e-4)
 
 
+# (x shape, w shape, stride, padding): strides 1-4, no padding (XLA's slow path
+# that conv2d avoids), uneven padding, rows the conv never reads, kernels
+# smaller than the stride, and few (< 16) or many input channels.
+_GEOMETRIES = [
+    ((2, 23, 23, 3), (7, 7, 3, 4), 2, ((1, 1), (1, 1))),
+    ((2, 24, 24, 5), (5, 5, 5, 6), 2, ((0, 0), (0, 0))),
+    ((2, 25, 25, 5), (5, 5, 5, 6), 2, ((0, 0), (0, 0))),
+    ((2, 27, 27, 3), (11, 11, 3, 4), 4, ((2, 2), (2, 2))),
+    ((2, 13, 13, 20), (3, 3, 20, 5), 1, ((1, 1), (1, 1))),
+    ((2, 12, 12, 20), (3, 3, 20, 5), 1, ((0, 0), (0, 0))),
+    ((2, 12, 11, 6), (3, 3, 6, 5), 1, ((0, 2), (2, 1))),
+    ((2, 9, 9, 4), (1, 1, 4, 3), 2, ((0, 0), (0, 0))),
+    ((2, 10, 10, 4), (2, 2, 4, 3), 3, ((1, 0), (0, 1))),
+    ((2, 14, 14, 40), (5, 5, 40, 8), 2, ((1, 2), (0, 1))),
+    ((2, 15, 15, 40), (5, 5, 40, 8), 2, ((0, 0), (0, 0))),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding", _GEOMETRIES)
+def test_conv2d_and_its_gradients_equal_xlas(x_shape, w_shape, stride, padding):
+  """conv2d's faster forward path and custom gradients give XLA's own numbers."""
+  x, w = _normal(11, x_shape), _normal(12, w_shape)
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = lambda x, w: layers.conv2d(x, w, None, stride, padding)
+  y, ref_vjp = jax.vjp(ref, x, w)
+  np.testing.assert_allclose(ours(x, w), y, rtol=1e-5, atol=1e-5)
+  g = _normal(13, y.shape)
+  for got, want in zip(jax.vjp(ours, x, w)[1](g), ref_vjp(g)):
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+  np.testing.assert_allclose(layers.conv_transpose(g, w, stride, padding, x_shape),
+                             ref_vjp(g)[0], rtol=0,
+                             atol=1e-5 * float(jnp.max(jnp.abs(ref_vjp(g)[0]))))
+
+
 @pytest.mark.parametrize("size", [5, 4])
 def test_lrn_matches_its_formula(size):
   a = np.random.default_rng(3).normal(size=(2, 3, 3, 7)).astype(np.float32) * 20

@@ -19,9 +19,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from zf_jax import layers, model
-from zf_jax.arch import Arch
+from zf_jax.arch import Arch, feature_shapes
 from zf_jax.model import Params, Trace
 
 MODES = ("deconvnet", "backprop", "guided")
@@ -106,3 +107,89 @@ def strongest(trace: Trace, layer: int, feature: int | jax.Array) -> jax.Array:
   at_best = (jnp.arange(h * w) == best[:, None]).reshape(n, h, w, 1)
   in_map = (jnp.arange(c) == feature).reshape(1, 1, 1, c)
   return jnp.where(at_best & in_map, acts, jnp.zeros((), acts.dtype))
+
+
+
+def _window(full: jax.Array, start, extent: tuple[int, int], padding: layers.Padding):
+  """Re-cuts a window of a map to lie inside it.
+
+  `full` (h, w, C) holds rows [start[0], start[0] + h) and columns [start[1],
+  start[1] + w) of a map `extent` = (H, W) big: the output of an unpool or a
+  transposed conv with `padding` on a window inside the map above, so it
+  overhangs the map by at most that padding. Returns (window, its start):
+  min(h, H) x min(w, W) cells inside the map that hold every cell of `full`
+  inside it (zeros where `full` has none).
+  """
+  offsets, new = [], []
+  sizes = (min(full.shape[0], extent[0]), min(full.shape[1], extent[1]))
+  margin = [max(lo, hi) for lo, hi in padding]
+  full = jnp.pad(full, ((margin[0], margin[0]), (margin[1], margin[1]), (0, 0)))
+  for axis in range(2):
+    new.append(jnp.clip(start[axis], 0, extent[axis] - sizes[axis]))
+    offsets.append(new[axis] - start[axis] + margin[axis])
+  return lax.dynamic_slice(full, (offsets[0], offsets[1], 0), sizes + full.shape[2:]), tuple(new)
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "layer", "mode"))
+def project_units(params: Params, arch: Arch, trace: Trace, layer: int,
+                  units: tuple[jax.Array, jax.Array, jax.Array, jax.Array], *,
+                  mode: str = "deconvnet") -> jax.Array:
+  """Projects single activations of layer `layer`, each on its own image: (K, *image).
+
+  `units` = (image, row, col, feature), int arrays of shape (K,): unit k is
+  activation `trace.activations[layer][image[k], row[k], col[k], feature[k]]`.
+  Result k equals row `image[k]` of `project` of a selection that keeps only
+  that activation (Section 2.1; Fig. 2 projects one activation at a time), for
+  every `mode` of `project`.
+
+  Faster than `project` by skipping what is zero: below one activation the
+  reconstruction stays inside that unit's receptive field, so each step
+  (unpool, rectify, transposed conv) runs on a window that grows layer by
+  layer (for ZFNet's layer 5: 3, 5, 7, 9, 19, 41, 83 and 171 pixels wide of
+  13 ... 224), cut from the trace at the unit's position. The K windows are
+  one batch: one call projects many units of many images.
+  """
+  _check(arch, trace, layer, mode)
+  image, row, col, feature = (jnp.asarray(u, jnp.int32) for u in units)
+  convs = [c for c in arch.convs if c.layer <= layer]
+  shapes = feature_shapes(arch)
+  masks = model.conv_stack(params, trace.images, arch, layer)[3] if mode != "deconvnet" else {}
+  acts = trace.activations[layer]
+
+  def one(n, r, c, f):
+    value = acts[n, r, c, f]
+    signal = jnp.where(jnp.arange(acts.shape[-1]) == f, value, jnp.zeros((), acts.dtype))
+    signal, start = signal.reshape(1, 1, -1), (r, c)
+    for i in reversed(range(len(convs))):
+      cv = convs[i]
+      if cv.pool is not None:  # Unpool the window with its own switches.
+        sw = trace.switches[cv.layer]
+        h, w, ch = signal.shape
+        index = lax.dynamic_slice(sw.index, (n, start[0], start[1], 0), (1, h, w, ch))[0]
+        local = layers.Switches(index=index, window=sw.window, stride=sw.stride,
+                                padding=((0, 0), (0, 0)),
+                                input_hw=((h - 1) * sw.stride + sw.window,
+                                          (w - 1) * sw.stride + sw.window))
+        signal, start = _window(layers.unpool(signal, local),
+                                (start[0] * sw.stride - sw.padding[0][0],
+                                 start[1] * sw.stride - sw.padding[1][0]), sw.input_hw,
+                                sw.padding)
+      if mode in ("deconvnet", "guided"):
+        signal = layers.relu(signal)
+      if mode in ("backprop", "guided"):
+        keep = lax.dynamic_slice(masks[cv.layer], (n, start[0], start[1], 0),
+                                 (1,) + signal.shape)[0]
+        signal = jnp.where(keep, signal, jnp.zeros((), signal.dtype))
+      h, w, _ = signal.shape
+      wts = params[f"conv{cv.layer}"]["w"]
+      full = layers.conv_transpose(signal[None], wts, cv.stride, ((0, 0), (0, 0)),
+                                   (1, (h - 1) * cv.stride + cv.kernel,
+                                    (w - 1) * cv.stride + cv.kernel, wts.shape[2]))[0]
+      below = shapes[convs[i - 1].layer]["out"][:2] if i else trace.images.shape[1:3]
+      signal, start = _window(full, (start[0] * cv.stride - cv.padding[0][0],
+                                     start[1] * cv.stride - cv.padding[1][0]), tuple(below),
+                                 cv.padding)
+    canvas = jnp.zeros(trace.images.shape[1:], signal.dtype)
+    return lax.dynamic_update_slice(canvas, signal, (start[0], start[1], 0))
+
+  return jax.vmap(one)(image, row, col, feature)
