@@ -128,18 +128,10 @@ def over_batches(params: Params, arch: Arch, batches: Iterable[dict], layers: Se
 @functools.partial(jax.jit, static_argnames=("arch", "layer", "mode"))
 def _project_maps(params, arch, layer, images, rows, cols, maps, mode):
   """images (M, k, H, W, 3); rows, cols (M, k); maps (M,) -> projections (M, k, H, W, 3)."""
-
-  def one_map(imgs, r, c, m):
-    _, trace = model.apply(params, imgs, arch)
-    acts = trace.activations[layer]
-    n, h, w, ch = acts.shape
-    at = ((jnp.arange(h)[None, :, None, None] == r[:, None, None, None])
-          & (jnp.arange(w)[None, None, :, None] == c[:, None, None, None])
-          & (jnp.arange(ch)[None, None, None, :] == m))
-    selection = jnp.where(at, acts, jnp.zeros((), acts.dtype))
-    return deconv.project(params, arch, trace, layer, selection, mode=mode)
-
-  return jax.vmap(one_map)(images, rows, cols, maps)
+  m, k = rows.shape
+  _, trace = model.apply(params, images.reshape((m * k,) + images.shape[2:]), arch)
+  units = (jnp.arange(m * k), rows.reshape(-1), cols.reshape(-1), jnp.repeat(maps, k))
+  return deconv.project_units(params, arch, trace, layer, units, mode=mode).reshape(images.shape)
 
 
 def project_top(params: Params, arch: Arch, state: TopK, layer: int, maps: Sequence[int],
