@@ -110,86 +110,120 @@ def strongest(trace: Trace, layer: int, feature: int | jax.Array) -> jax.Array:
 
 
 
-def _window(full: jax.Array, start, extent: tuple[int, int], padding: layers.Padding):
-  """Re-cuts a window of a map to lie inside it.
+def _walk(arch: Arch, layer: int, image_hw: tuple[int, int], row, col):
+  """The windows `project_units` descends through, for the unit at (row, col) of `layer`.
 
-  `full` (h, w, C) holds rows [start[0], start[0] + h) and columns [start[1],
-  start[1] + w) of a map `extent` = (H, W) big: the output of an unpool or a
-  transposed conv with `padding` on a window inside the map above, so it
-  overhangs the map by at most that padding. Returns (window, its start):
-  min(h, H) x min(w, W) cells inside the map that hold every cell of `full`
-  inside it (zeros where `full` has none).
+  Returns a list of steps from the top down, each a dict: "kind" ("unpool"
+  or "conv": the transposed conv), "spec" (the layer's ConvSpec), "start",
+  "size": the window it reads (rows and columns, in that layer's map), and
+  "out_start" (where its full output, "out_size" big, begins in the map
+  below, possibly overhanging it), "new_start", "new_size": that output cut
+  back inside the map below (`_recut`). Starts are traced ints, sizes
+  static: the geometry depends on the unit's place only, not on any value.
   """
-  offsets, new = [], []
-  sizes = (min(full.shape[0], extent[0]), min(full.shape[1], extent[1]))
-  margin = [max(lo, hi) for lo, hi in padding]
+  shapes = feature_shapes(arch)
+  convs = [c for c in arch.convs if c.layer <= layer]
+  start, size, steps = (row, col), (1, 1), []
+
+  def step(kind, spec, k, stride, pad, below):
+    nonlocal start, size
+    out_start = tuple(start[a] * stride - pad[a][0] for a in range(2))
+    out_size = tuple((size[a] - 1) * stride + k for a in range(2))
+    new_size = tuple(min(out_size[a], below[a]) for a in range(2))
+    new_start = tuple(jnp.clip(out_start[a], 0, below[a] - new_size[a]) for a in range(2))
+    steps.append(dict(kind=kind, spec=spec, start=start, size=size, out_start=out_start,
+                      out_size=out_size, new_start=new_start, new_size=new_size, padding=pad))
+    start, size = new_start, new_size
+
+  for i in reversed(range(len(convs))):
+    c = convs[i]
+    if c.pool is not None:
+      step("unpool", c, c.pool.window, c.pool.stride, c.pool.padding,
+           shapes[c.layer]["conv"][:2])
+    below = shapes[convs[i - 1].layer]["out"][:2] if i else image_hw
+    step("conv", c, c.kernel, c.stride, c.padding, tuple(below))
+  return steps
+
+
+def _recut(full: jax.Array, step: dict) -> jax.Array:
+  """A step's full output (overhanging the map below by at most its padding) cut to its
+  window inside the map, zeros where the output has none."""
+  margin = [max(lo, hi) for lo, hi in step["padding"]]
   full = jnp.pad(full, ((margin[0], margin[0]), (margin[1], margin[1]), (0, 0)))
-  for axis in range(2):
-    new.append(jnp.clip(start[axis], 0, extent[axis] - sizes[axis]))
-    offsets.append(new[axis] - start[axis] + margin[axis])
-  return lax.dynamic_slice(full, (offsets[0], offsets[1], 0), sizes + full.shape[2:]), tuple(new)
+  at = [step["new_start"][a] - step["out_start"][a] + margin[a] for a in range(2)]
+  return lax.dynamic_slice(full, (at[0], at[1], 0), step["new_size"] + full.shape[2:])
 
 
-@functools.partial(jax.jit, static_argnames=("arch", "layer", "mode"))
+@functools.partial(jax.jit, static_argnames=("arch", "layer", "mode", "chunk"))
 def project_units(params: Params, arch: Arch, trace: Trace, layer: int,
                   units: tuple[jax.Array, jax.Array, jax.Array, jax.Array], *,
-                  mode: str = "deconvnet") -> jax.Array:
+                  mode: str = "deconvnet", chunk: int = 64) -> jax.Array:
   """Projects single activations of layer `layer`, each on its own image: (K, *image).
 
   `units` = (image, row, col, feature), int arrays of shape (K,): unit k is
   activation `trace.activations[layer][image[k], row[k], col[k], feature[k]]`.
   Result k equals row `image[k]` of `project` of a selection that keeps only
   that activation (Section 2.1; Fig. 2 projects one activation at a time), for
-  every `mode` of `project`.
+  every `mode` of `project`. `chunk` units are projected together (bounds
+  memory; does not change results).
 
   Faster than `project` by skipping what is zero: below one activation the
   reconstruction stays inside that unit's receptive field, so each step
   (unpool, rectify, transposed conv) runs on a window that grows layer by
   layer (for ZFNet's layer 5: 3, 5, 7, 9, 19, 41, 83 and 171 pixels wide of
-  13 ... 224), cut from the trace at the unit's position. The K windows are
-  one batch: one call projects many units of many images.
+  13 ... 224), cut from the trace at the unit's position (`_walk`). The
+  windows of the trace (switches, relu masks) are first gathered for every
+  unit, then the chunks descend as batches.
   """
   _check(arch, trace, layer, mode)
-  image, row, col, feature = (jnp.asarray(u, jnp.int32) for u in units)
-  convs = [c for c in arch.convs if c.layer <= layer]
-  shapes = feature_shapes(arch)
+  if chunk < 1:
+    raise ValueError(f"chunk must be >= 1, got {chunk}")
+  units = tuple(jnp.asarray(u, jnp.int32) for u in units)
   masks = model.conv_stack(params, trace.images, arch, layer)[3] if mode != "deconvnet" else {}
   acts = trace.activations[layer]
+  hw = trace.images.shape[1:3]
 
-  def one(n, r, c, f):
-    value = acts[n, r, c, f]
+  def gather(unit):
+    """What the descent of one unit reads from the trace: its value and windows."""
+    n, r, c, f = unit
+    read = []
+    for st in _walk(arch, layer, hw, r, c):
+      layer_ = st["spec"].layer
+      if st["kind"] == "unpool":
+        index = trace.switches[layer_].index
+        read.append(lax.dynamic_slice(index, (n, *st["start"], 0),
+                                      (1, *st["size"], index.shape[-1]))[0])
+      elif mode != "deconvnet":
+        m = masks[layer_]
+        read.append(lax.dynamic_slice(m, (n, *st["start"], 0), (1, *st["size"], m.shape[-1]))[0])
+    return acts[n, r, c, f], read
+
+  # A loop of its own, so that the gathers are materialised rather than fused
+  # (and recomputed per element) into the unpooling below.
+  values, reads = lax.map(gather, units)
+
+  def descend(x):
+    (n, r, c, f), value, read = x
+    read = iter(read)
     signal = jnp.where(jnp.arange(acts.shape[-1]) == f, value, jnp.zeros((), acts.dtype))
-    signal, start = signal.reshape(1, 1, -1), (r, c)
-    for i in reversed(range(len(convs))):
-      cv = convs[i]
-      if cv.pool is not None:  # Unpool the window with its own switches.
-        sw = trace.switches[cv.layer]
-        h, w, ch = signal.shape
-        index = lax.dynamic_slice(sw.index, (n, start[0], start[1], 0), (1, h, w, ch))[0]
-        local = layers.Switches(index=index, window=sw.window, stride=sw.stride,
-                                padding=((0, 0), (0, 0)),
-                                input_hw=((h - 1) * sw.stride + sw.window,
-                                          (w - 1) * sw.stride + sw.window))
-        signal, start = _window(layers.unpool(signal, local),
-                                (start[0] * sw.stride - sw.padding[0][0],
-                                 start[1] * sw.stride - sw.padding[1][0]), sw.input_hw,
-                                sw.padding)
+    signal = signal.reshape(1, 1, -1)
+    for st in _walk(arch, layer, hw, r, c):
+      spec = st["spec"]
+      if st["kind"] == "unpool":
+        local = layers.Switches(index=next(read), window=spec.pool.window,
+                                stride=spec.pool.stride, padding=((0, 0), (0, 0)),
+                                input_hw=st["out_size"])
+        signal = _recut(layers.unpool(signal, local), st)
+        continue
       if mode in ("deconvnet", "guided"):
         signal = layers.relu(signal)
       if mode in ("backprop", "guided"):
-        keep = lax.dynamic_slice(masks[cv.layer], (n, start[0], start[1], 0),
-                                 (1,) + signal.shape)[0]
-        signal = jnp.where(keep, signal, jnp.zeros((), signal.dtype))
-      h, w, _ = signal.shape
-      wts = params[f"conv{cv.layer}"]["w"]
-      full = layers.conv_transpose(signal[None], wts, cv.stride, ((0, 0), (0, 0)),
-                                   (1, (h - 1) * cv.stride + cv.kernel,
-                                    (w - 1) * cv.stride + cv.kernel, wts.shape[2]))[0]
-      below = shapes[convs[i - 1].layer]["out"][:2] if i else trace.images.shape[1:3]
-      signal, start = _window(full, (start[0] * cv.stride - cv.padding[0][0],
-                                     start[1] * cv.stride - cv.padding[1][0]), tuple(below),
-                                 cv.padding)
+        signal = jnp.where(next(read), signal, jnp.zeros((), signal.dtype))
+      w = params[f"conv{spec.layer}"]["w"]
+      full = layers.conv_transpose(signal[None], w, spec.stride, ((0, 0), (0, 0)),
+                                   (1, *st["out_size"], w.shape[2]))[0]
+      signal = _recut(full, st)
     canvas = jnp.zeros(trace.images.shape[1:], signal.dtype)
-    return lax.dynamic_update_slice(canvas, signal, (start[0], start[1], 0))
+    return lax.dynamic_update_slice(canvas, signal, (*st["new_start"], 0))
 
-  return jax.vmap(one)(image, row, col, feature)
+  return lax.map(descend, (units, values, reads), batch_size=chunk)
