@@ -1,1 +1,2 @@
-"""Benchmarks of zf_jax (not tests): run them with `python -m benchmarks.<name>`."""
+"""Benchmarks of zf_jax (not tests): `python -m benchmarks` runs every workload beside its
+peer in one table; `python -m benchmarks.<name>` runs one study (training, analysis)."""

@@ -27,30 +27,17 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import timed, torch_twin  # torch_twin: also for tests/test_peers.py.
 from zf_jax import arch as arch_lib
 from zf_jax import deconv, model, occlusion
 
 LAYER = 5
 K = 9  # Images per map, as in Fig. 2.
-
-
-def timed(fn, repeats: int) -> dict:
-  """Runs `fn` once to warm up (compile), then `repeats` times; seconds as median/min/max."""
-  fn()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return {"median": statistics.median(times), "min": min(times), "max": max(times),
-          "runs": times}
 
 
 def fmt(t: dict | None) -> str:
@@ -79,62 +66,7 @@ def ours_occlusion(params, arch, image, chunk):
       occlusion.occlusion(params, arch, image, 3, patch=50, stride=8, chunk=chunk).prob)
 
 
-# --- the PyTorch twin ---------------------------------------------------------------------
-
-def torch_twin(params, arch, upto: int | None = None):
-  """The same network in PyTorch (NCHW), up to conv layer `upto` (flattened output) or whole."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn  # pylint: disable=g-import-not-at-top
-
-  class IdentityBackwardLRN(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, size, alpha, beta, k):  # pylint: disable=arguments-differ
-      return nn.functional.local_response_norm(x, size, alpha, beta, k)
-
-    @staticmethod
-    def backward(ctx, grad):  # pylint: disable=arguments-differ
-      return grad, None, None, None, None
-
-  class LRN(nn.Module):
-    def __init__(self, spec):
-      super().__init__()
-      self.spec = spec
-
-    def forward(self, x):
-      s = self.spec
-      return IdentityBackwardLRN.apply(x, s.size, s.alpha, s.beta, s.k)
-
-  class FlattenNHWC(nn.Module):
-    def forward(self, x):
-      return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
-
-  mods, cin = [], 3
-  for c in arch.convs:
-    (t, b), (l, r) = c.padding
-    conv = nn.Conv2d(cin, c.features, c.kernel, c.stride)
-    conv.weight.data = torch.from_numpy(np.asarray(params[f"conv{c.layer}"]["w"]).transpose(
-        3, 2, 0, 1).copy())
-    conv.bias.data = torch.from_numpy(np.asarray(params[f"conv{c.layer}"]["b"]).copy())
-    mods += [nn.ZeroPad2d((l, r, t, b)), conv, nn.ReLU()]
-    if c.pool is not None:
-      (pt, pb), (pl, pr) = c.pool.padding
-      mods += [nn.ConstantPad2d((pl, pr, pt, pb), float("-inf")),
-               nn.MaxPool2d(c.pool.window, c.pool.stride)]
-    if upto is not None and c.layer == upto:
-      mods.append(FlattenNHWC())
-      return nn.Sequential(*mods).eval()
-    if c.norm is not None:
-      mods.append(LRN(c.norm))
-    cin = c.features
-  mods.append(FlattenNHWC())
-  for name in [f"fc{f.layer}" for f in arch.fcs] + ["fc8"]:
-    w = np.asarray(params[name]["w"])
-    lin = nn.Linear(*w.shape)
-    lin.weight.data = torch.from_numpy(w.T.copy())
-    lin.bias.data = torch.from_numpy(np.asarray(params[name]["b"]).copy())
-    mods += [lin, nn.ReLU()] if name != "fc8" else [lin]
-  return nn.Sequential(*mods).eval()
-
+# --- Captum on the PyTorch twin (benchmarks.common.torch_twin) ------------------------------
 
 def captum_fig2(trunk, images_nchw, maps, layer_shape):
   """One Deconvolution call per map on its K images, targets = each image's strongest unit."""

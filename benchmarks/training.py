@@ -31,7 +31,6 @@ import io
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 
@@ -44,6 +43,7 @@ import PIL.Image  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from benchmarks.common import cpu_seconds, measure, meminfo_gib, proc  # noqa: E402
 from zf_jax import arch as arch_lib, input_pipeline as ip, train  # noqa: E402
 from zf_jax.datasets import EMBEDDED_DATASET  # noqa: E402
 
@@ -79,27 +79,23 @@ class ZfBenchJpeg(tfds.core.GeneratorBasedBuilder, skip_registration=_KNOWN):
       yield i, {"image": buf, "label": int(rng.integers(JPEG_CLASSES))}
 
 
-def measure(work, *, images: int, warm: int, windows: int, per: int = 1, min_s: float = 0.0,
-            sync=lambda: None):
-  """Images/s of `work` (each call worth `images`) over `windows` timed windows, each of at
-  least `per` calls and `min_s` seconds, after `warm` calls; `sync` ends every window."""
-  for _ in range(warm):
-    work()
-  sync()
-  rates = []
-  for _ in range(windows):
-    t, n = time.perf_counter(), 0
-    while n < per or time.perf_counter() - t < min_s:
-      work()
-      n += 1
-    sync()
-    rates.append(n * images / (time.perf_counter() - t))
-  return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "n": windows}
+def prepare(name: str, data_dir: str | None):
+  """The tfds builder of dataset `name` in `data_dir`, prepared (tfds' progress lines hidden)."""
+  with contextlib.redirect_stdout(io.StringIO()):  # tfds' "Downloading and preparing" lines.
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.download_and_prepare()
+  return builder
 
 
 def _train_batches(icfg):
   mean = np.zeros((icfg.resize_size, icfg.resize_size, 3), np.float32)
   return ip.make_train_iterator(icfg, process_index=0, process_count=1, mean=mean)
+
+
+def input_rate(icfg, timing) -> dict:
+  """Images/s of `make_train_iterator(icfg)` host batches (`measure` with `timing`)."""
+  it = _train_batches(icfg)  # Its tf.data threads stop when it is dropped, on return.
+  return measure(lambda: next(it), images=icfg.global_batch_size, **timing)
 
 
 def _resize_plain(encoded, size):
@@ -164,26 +160,6 @@ def end_to_end(icfg, compiled, holder, timing):
                  sync=lambda: jax.block_until_ready(holder["state"]), **timing)
 
 
-def _proc(path: str, key: str, default: str) -> str:
-  """The value of the first `key: value` line of a /proc file."""
-  try:
-    with open(path) as f:
-      return next(l for l in f if l.startswith(key)).split(":", 1)[1].strip()
-  except (OSError, StopIteration):
-    return default
-
-
-def _cpu_seconds():
-  """(wall, CPU seconds of all processes, CPU seconds of this one); NaN without /proc/stat."""
-  try:
-    with open("/proc/stat") as f:
-      ticks = [int(x) for x in f.readline().split()[1:9]]  # user .. steal
-    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # Minus idle, iowait.
-  except (OSError, ValueError):
-    busy = float("nan")
-  return time.monotonic(), busy, sum(os.times()[:2])
-
-
 def _n(x: float) -> str:
   return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
@@ -201,17 +177,15 @@ def main(argv=None):
   q, t_start = args.quick, time.perf_counter()
   logging.set_verbosity(logging.WARNING)
   tfds.disable_progress_bar()
-  m = {"cpu": _proc("/proc/cpuinfo", "model name", platform.processor() or "?"),
+  m = {"cpu": proc("/proc/cpuinfo", "model name", platform.processor() or "?"),
        "cores": os.cpu_count(), "load_1min": os.getloadavg()[0], "jax": jax.__version__,
        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
   print(f"machine: {m['cpu']}, {m['cores']} cores, load {m['load_1min']:.2f} (1 min); jax "
         f"{m['jax']} ({m['backend']}: {', '.join(m['devices'])}), tensorflow {tf.__version__}")
-  avail_gib = float(_proc("/proc/meminfo", "MemAvailable", "inf kB").split()[0]) / 2**20
+  avail_gib = meminfo_gib("MemAvailable")
   tmp = tempfile.TemporaryDirectory(prefix="zf_bench_")
-  with contextlib.redirect_stdout(io.StringIO()):  # tfds' "Downloading and preparing" lines.
-    tfds.builder(EMBEDDED_DATASET, data_dir=args.data_dir).download_and_prepare()
-    jpeg = tfds.builder(JPEG_DATASET, data_dir=tmp.name)
-    jpeg.download_and_prepare()
+  prepare(EMBEDDED_DATASET, args.data_dir)
+  jpeg = prepare(JPEG_DATASET, tmp.name)
   print(f"datasets ready after {time.perf_counter() - t_start:.0f} s ({JPEG_COUNT} JPEGs of "
         f"{int(jpeg.info.dataset_size) / JPEG_COUNT / 1e3:.0f} kB on average in {tmp.name})")
   presets = [  # arch, dataset, data_dir, size, resize, step batches, crops (the last batch and
@@ -221,10 +195,10 @@ def main(argv=None):
        (16,) if q or avail_gib < 10 else (16, 128), ("ten",))]
   results = {"machine": m, "quick": q, "input": [], "stages": [], "step": [], "end_to_end": [],
              "others_cores": {}}
-  last = [_cpu_seconds()]
+  last = [cpu_seconds()]
 
   def section_end(key):
-    (t0, all0, own0), (t, all1, own) = last[0], _cpu_seconds()
+    (t0, all0, own0), (t, all1, own) = last[0], cpu_seconds()
     last[0] = (t, all1, own)
     results["others_cores"][key] = busy = max(0.0, (all1 - all0 - own + own0) / (t - t0))
     print(f"  (other processes kept {busy:.2f} of {m['cores']} cores busy meanwhile)")
@@ -236,9 +210,7 @@ def main(argv=None):
     for crop in crops:
       icfg = ip.InputConfig(dataset=ds, data_dir=ddir, image_size=size, resize_size=resize,
                             global_batch_size=batch, train_crops=crop)
-      it = _train_batches(icfg)
-      r = measure(lambda it=it: next(it), images=batch, **timing)
-      del it  # Stops its tf.data threads.
+      r = input_rate(icfg, timing)
       results["input"].append({"arch": name, "dataset": ds, "crops": crop, "batch": batch,
                                "size": size, "resize": resize, "img_s": r})
       print(f"  {ds:21s} {size:3d} px of {resize:3d}, crops {crop:6s} batch {batch:3d}: {_fmt(r)}")
