@@ -145,3 +145,31 @@ def test_smoke_with_peers(tmp_path):
     assert rows[key]["ours"]["work"] == rows[key]["peer"]["work"] == SMOKE_MAPS * SMOKE_IMAGES
   assert rows["occlusion"]["peer"]["twin_relative_difference"] < 1e-4
   assert rows["train_b8"]["peer"]["work"] == 8
+
+
+def _side(runs, work=10, **extra):
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  seconds = common.summary(runs)
+  return {"status": "ok", "work": work, "unit": "img", "seconds": seconds,
+          "rate": {"median": work / seconds["median"]}, **extra}
+
+
+def test_rounds_pool_runs_and_pair_ratios_round_by_round():
+  from benchmarks import __main__ as bench_main  # pylint: disable=g-import-not-at-top
+  # The machine got 2x slower between the rounds: ours 1 s then 2 s, the peer 3 s then 6 s.
+  ours = [_side([1.0, 1.0]), _side([2.0, 2.0])]
+  merged = bench_main.merge_rounds(ours)
+  assert merged["seconds"]["runs"] == [1.0, 1.0, 2.0, 2.0] and merged["rounds"] == 2
+  assert merged["rate"]["median"] == pytest.approx(10 / 1.5)
+  assert merged["rate"]["min"] == pytest.approx(5.0) and merged["rate"]["max"] == 10.0
+  # A failed round is left out; all failed: the first failure.
+  failed = {"status": "failed", "error": "boom"}
+  assert bench_main.merge_rounds([failed, ours[0]])["seconds"]["runs"] == [1.0, 1.0]
+  assert bench_main.merge_rounds([failed, dict(failed, error="two")]) == failed
+  # Occlusion's later rounds run only the setting that was best for that side in round 1.
+  first = _side([5.0], best="chunk 32", tried={"chunk 16": {}, "chunk 32": {}})
+  cfg = {"key": "occlusion", "chunks": [16, 32, 64], "per_eval": [1, 16, 64]}
+  rounds = {("occlusion", "ours"): [first], ("occlusion", "peer"): []}
+  assert bench_main._round_config(cfg, rounds, ["occlusion"], "ours", 1)["chunks"] == [32]
+  assert bench_main._round_config(cfg, rounds, ["occlusion"], "ours", 0) == cfg
+  assert bench_main._round_config(cfg, rounds, ["occlusion"], "peer", 1) == cfg
