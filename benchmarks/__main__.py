@@ -43,7 +43,8 @@ does by up to 1.5x. Occlusion tries every setting in round 1 and each side's
 best one after. Above 1, ours is faster. GFLOP/s (train step only: XLA's cost
 analysis counts a loop body once, and our deconvnet and occlusion loop over
 chunks) are shown as a % of a measured practical peak, a 4096 x 4096 float32
-matmul in JAX (median of 3); the estimated peak (cores x clock x 32 FLOP/cycle with AVX2+FMA or AVX-512)
+matmul in JAX (median of 3); the estimated peak (cores x clock x 32
+FLOP/cycle with AVX2+FMA or AVX-512)
 is printed beside it. Peak RSS is `ru_maxrss` of the process that ran that
 side alone: each side of each workload runs in its own process
 (`benchmarks._worker`), which also keeps PyTorch's OpenMP threads from
@@ -64,9 +65,10 @@ and the command exits 1 after writing the rest.
 Without torch / captum (or with ZF_BENCH_NO_PEERS=1) the peer columns say
 "not installed" and the run succeeds; --no_peers skips them on purpose.
 
-The full run took 15.5 min on this project's 2-core EPYC machine (the peers'
+The full run (2 rounds) took 20 min on this project's 2-core EPYC machine (the peers'
 deconvnet and occlusion rows take most of it). --smoke runs the same code on
-`zfnet_small` (32 px; train batch 8; 4 maps x 2 images; occlusion patch 8, stride 4; 32 px crops of 36 and
+`zfnet_small` (32 px; train batch 8; 4 maps x 2 images; occlusion patch 8,
+stride 4; 32 px crops of 36 and
 0.2 s windows for the input, batch 32 on the JPEGs; 1024 matmul; 1 repeat),
 writing to a temporary folder unless --out is given: ~45 s without peers, ~90 s
 with them, on that machine while another process kept one of its cores busy
@@ -428,8 +430,8 @@ def markdown(slug: str, results: dict) -> str:
   parts += [f"- {l}" for l in machine_lines(m, results["peak"])]
   parts += ["", "## Command", "", "```", m["command"], "```", "",
             f"Total {results['total_s']:.0f} s. peer/ours = the median over rounds of the peer's "
-            "median time over ours (above 1: ours is faster).", "", "## Results", "", results["table"], "",
-            "## Settings", ""]
+            "median time over ours (above 1: ours is faster).", "", "## Results", "",
+            results["table"], "", "## Settings", ""]
   parts += [f"- {l}" for l in results["settings"]]
   if results["failed"]:
     parts += ["", f"Failed: {', '.join(results['failed'])}."]

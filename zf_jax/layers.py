@@ -81,7 +81,8 @@ def _input_grad(y: jax.Array, w: jax.Array, stride: int, padding: Padding,
   (lo_h, hi_h), (lo_w, hi_w) = padding
   hp, wp = input_hw[0] + lo_h + hi_h, input_hw[1] + lo_w + hi_w  # Padded input.
   ho, wo = y.shape[-3], y.shape[-2]
-  if stride == 1 and w.shape[2] >= _FEW_CHANNELS and kh - 1 >= max(lo_h, hi_h) and kw - 1 >= max(lo_w, hi_w):
+  if (stride == 1 and w.shape[2] >= _FEW_CHANNELS and kh - 1 >= max(lo_h, hi_h)
+      and kw - 1 >= max(lo_w, hi_w)):
     # Only the rows inside the padding: pad by k - 1 - lo (and rows never read).
     flipped = jnp.flip(w, (0, 1)).swapaxes(2, 3)
     return _lax_conv(y, flipped, 1, ((kh - 1 - lo_h, kh - 1 - hi_h + hp - kh + 1 - ho),
