@@ -83,6 +83,24 @@ def init(rng: jax.Array, arch: Arch, *, scheme: str = "paper") -> Params:
   return params
 
 
+def conv_layer(params: Params, x: jax.Array, c) -> tuple[jax.Array, ...]:
+  """One conv layer of Fig. 3 (Section 2), conv -> relu -> [max pool] -> [LRN], on NHWC `x`.
+
+  Returns (conv output z, relu(z), after the pool (relu(z) without one), its
+  Switches (None without a pool), after the LRN (the next layer's input)).
+  """
+  p = params[f"conv{c.layer}"]
+  z = layers.conv2d(x, p["w"], p["b"], c.stride, c.padding)
+  r = layers.relu(z)
+  pooled, switches = r, None
+  if c.pool is not None:
+    pooled, switches = layers.max_pool(r, c.pool.window, c.pool.stride, c.pool.padding)
+  out = pooled
+  if c.norm is not None:
+    out = layers.lrn(pooled, c.norm.size, c.norm.alpha, c.norm.beta, c.norm.k)
+  return z, r, pooled, switches, out
+
+
 def conv_stack(params: Params, images: jax.Array, arch: Arch, top: int | None = None):
   """The conv layers 1..`top` (all by default): conv -> relu -> [max pool] -> [LRN] (Fig. 3).
 
@@ -96,15 +114,10 @@ def conv_stack(params: Params, images: jax.Array, arch: Arch, top: int | None = 
   for c in arch.convs:
     if top is not None and c.layer > top:
       break
-    p = params[f"conv{c.layer}"]
-    z = layers.conv2d(x, p["w"], p["b"], c.stride, c.padding)
+    z, _, activations[c.layer], sw, x = conv_layer(params, x, c)
     positive[c.layer] = z > 0
-    x = layers.relu(z)
-    if c.pool is not None:
-      x, switches[c.layer] = layers.max_pool(x, c.pool.window, c.pool.stride, c.pool.padding)
-    activations[c.layer] = x
-    if c.norm is not None:
-      x = layers.lrn(x, c.norm.size, c.norm.alpha, c.norm.beta, c.norm.k)
+    if sw is not None:
+      switches[c.layer] = sw
   return x, activations, switches, positive
 
 

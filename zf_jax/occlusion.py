@@ -137,15 +137,10 @@ def _windows(arch: Arch, starts: np.ndarray, patch: int):
 
 
 def _clean_maps(params, arch: Arch, image, upto: int):
-  """The unoccluded image's maps of conv layers 1..`upto`: [(relu(conv), pooled, after LRN)]."""
+  """An image's maps of conv layers 1..`upto`: [(relu(conv), pooled, after LRN)]."""
   x, maps = image, []
   for c in arch.convs[:upto]:
-    p = params[f"conv{c.layer}"]
-    r = layers.relu(layers.conv2d(x, p["w"], p["b"], c.stride, c.padding))
-    pooled = r if c.pool is None else layers.max_pool(r, c.pool.window, c.pool.stride,
-                                                      c.pool.padding)[0]
-    x = pooled if c.norm is None else layers.lrn(pooled, c.norm.size, c.norm.alpha,
-                                                 c.norm.beta, c.norm.k)
+    _, r, pooled, _, x = model.conv_layer(params, x, c)
     maps.append((r, pooled, x))
   return maps
 
@@ -177,9 +172,7 @@ def _forward_from_window(params, arch: Arch, occluded, clean, plan, rows, cols):
     r = _paste(clean[l][0], layers.relu(layers.conv2d(window, p["w"], p["b"], c.stride,
                                                       ((0, 0), (0, 0)))), r0, c0)
     if pool is None:
-      x = r
-      r0, c0, m = r0, c0, n
-      pooled = r
+      m, pooled = n, r
     else:
       m = pool[0]
       r0, c0 = rows[l][1], cols[l][1]
@@ -194,13 +187,7 @@ def _forward_from_window(params, arch: Arch, occluded, clean, plan, rows, cols):
                                          c.norm.alpha, c.norm.beta, c.norm.k), r0, c0)
   top = pooled if plan else None
   for c in arch.convs[len(plan):]:
-    p = params[f"conv{c.layer}"]
-    x = layers.relu(layers.conv2d(x, p["w"], p["b"], c.stride, c.padding))
-    if c.pool is not None:
-      x = layers.max_pool(x, c.pool.window, c.pool.stride, c.pool.padding)[0]
-    top = x
-    if c.norm is not None:
-      x = layers.lrn(x, c.norm.size, c.norm.alpha, c.norm.beta, c.norm.k)
+    _, _, top, _, x = model.conv_layer(params, x, c)
   logits, _ = model._fully_connected(params, x, arch)  # pylint: disable=protected-access
   return logits, top
 
@@ -214,14 +201,17 @@ def _occlusion(params, arch, image, label, patch, stride, fill, chunk):
     activity = jnp.sum(top[..., feature], axis=(1, 2))
     return probs[:, label], jnp.argmax(logits, -1).astype(jnp.int32), activity
 
-  logits0, trace = model.apply(params, image[None], arch)
-  top = trace.activations[layer][0]
-  feature = (jnp.argmax(top.reshape(-1)) % top.shape[-1]).astype(jnp.int32)
-  p0, _, a0 = measure(logits0, trace.activations[layer], feature)
+  # The unoccluded image: every layer's maps (the occluded passes paste into
+  # them), its top-layer activations and logits.
+  clean = _clean_maps(params, arch, image[None], len(arch.convs))
+  top0 = clean[-1][1]
+  # pylint: disable-next=protected-access
+  logits0, _ = model._fully_connected(params, clean[-1][2], arch)
+  feature = (jnp.argmax(top0[0].reshape(-1)) % top0.shape[-1]).astype(jnp.int32)
+  p0, _, a0 = measure(logits0, top0, feature)
 
   n = grid_size(arch.image_size, patch, stride)
   plan = _windows(arch, np.arange(n) * stride, patch)
-  clean = _clean_maps(params, arch, image[None], len(plan))
   # Per position (row-major over the grid): its corner and its windows' starts.
   ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
   ii, jj = ii.reshape(-1), jj.reshape(-1)
