@@ -308,7 +308,7 @@ def input_ours(cfg):
   """Both datasets in this process; each row's RSS is the process peak after that row."""
   import tempfile  # pylint: disable=g-import-not-at-top
   from benchmarks import training  # pylint: disable=g-import-not-at-top
-  from zf_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+  from zf_jax.data import input_pipeline as ip  # pylint: disable=g-import-not-at-top
   out = {}
   with tempfile.TemporaryDirectory(prefix="zf_bench_jpeg_") as tmp:
     for row in cfg["rows"]:

@@ -44,8 +44,9 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from benchmarks.common import cpu_seconds, measure, meminfo_gib, proc  # noqa: E402
-from zf_jax import arch as arch_lib, input_pipeline as ip, train  # noqa: E402
-from zf_jax.datasets import EMBEDDED_DATASET  # noqa: E402
+from zf_jax import arch as arch_lib, train  # noqa: E402
+from zf_jax.data import input_pipeline as ip
+from zf_jax.data.datasets import EMBEDDED_DATASET  # noqa: E402
 
 JPEG_DATASET, JPEG_COUNT, JPEG_CLASSES = "zf_bench_jpeg", 512, 1000
 _KNOWN = JPEG_DATASET in tfds.list_builders(with_community_datasets=False)  # Imported twice?

@@ -10,7 +10,7 @@ import os
 import sys
 
 # TensorFlow (tf.data only) prints its C++ start-up chatter unless told not to
-# (zf_jax.input_pipeline says why oneDNN is off too).
+# (zf_jax.data.input_pipeline says why oneDNN is off too).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 

@@ -11,7 +11,7 @@ binary adds its section to <workdir>/report.html.
 
 from absl import flags
 
-from zf_jax import analysis
+from zf_jax.analyses import source
 
 flags.DEFINE_string("workdir", None, "Training run to examine (config.json, checkpoints/); "
                     "figures, tables and report.html are written into it.", required=True)
@@ -24,8 +24,8 @@ flags.DEFINE_integer("batch_size", 64, "Images per forward pass.", lower_bound=1
 FLAGS = flags.FLAGS
 
 
-def open_source() -> analysis.Source:
+def open_source() -> source.Source:
   """The run and split the common flags name (one-line errors for bad values)."""
-  return analysis.open_source(FLAGS.workdir, step=FLAGS.step, dataset=FLAGS.dataset,
+  return source.open_source(FLAGS.workdir, step=FLAGS.step, dataset=FLAGS.dataset,
                               split=FLAGS.split, data_dir=FLAGS.data_dir,
                               batch_size=FLAGS.batch_size)

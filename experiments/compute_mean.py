@@ -14,7 +14,7 @@ import os
 from absl import app
 from absl import flags
 
-from zf_jax import input_pipeline
+from zf_jax.data import input_pipeline
 
 _DATASET = flags.DEFINE_string("dataset", "imagenet2012", "tfds dataset name.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (default: tfds' own).")

@@ -25,7 +25,7 @@ defaults to the first workdir), with the paper's Table 2 beside ours.
 from absl import flags
 
 from experiments import cli
-from zf_jax import evaluation
+from zf_jax.runs import evaluation
 
 flags.DEFINE_list("workdirs", None, "Training workdirs; several make an ensemble.",
                   required=True)

@@ -11,7 +11,8 @@ figures/fig2_layer<l>.png, tables/fig2_top9.{md,json} and the report section.
 from absl import flags
 
 from experiments import cli, common
-from zf_jax import deconv, visualize
+from zf_jax import deconv
+from zf_jax.report import visualize
 
 flags.DEFINE_list("layers", [], "Conv layers to show (default: all).")
 flags.DEFINE_integer("maps_per_layer", 16, "Maps per layer, chosen at random; 0: all of them.",

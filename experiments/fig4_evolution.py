@@ -11,7 +11,7 @@ Writes figures/fig4_evolution.png and the report section.
 from absl import flags
 
 from experiments import cli, common  # noqa: F401  (common defines the shared flags)
-from zf_jax import visualize
+from zf_jax.report import visualize
 
 flags.DEFINE_list("steps", [], "Checkpoint steps (default: every checkpoint kept).")
 flags.DEFINE_list("layers", [], "Conv layers (default: all).")

@@ -18,7 +18,8 @@ import numpy as np
 from absl import flags
 
 from experiments import cli, common
-from zf_jax import analysis, figures, invariance, report
+from zf_jax.analyses import invariance, source
+from zf_jax.report import figures, page, tables
 
 flags.DEFINE_integer("num_images", 5, "Images to transform: the first of this many classes "
                      "(ignored with --indices).", lower_bound=1)
@@ -55,7 +56,7 @@ def _figure(src, examples, curves, layers):
     tiles = np.concatenate([
         np.asarray(invariance.transform_amounts(image, kind, shown, size))
         for image in examples["image"]])
-    strip = figures.montage(analysis.display(src, tiles) / 255.0, cols=_SHOWN)
+    strip = figures.montage(source.display(src, tiles) / 255.0, cols=_SHOWN)
     figures.show_image(axes[row][0], strip, f"{invariance.AXIS_LABELS[kind]}: "
                        + ", ".join(f"{a:g}" for a in shown))
     panels = [(c["distance"][l], f"layer {l}: feature distance") for l in layers]
@@ -131,8 +132,8 @@ def main(_):
   amounts = {k: invariance.default_amounts(k, size, FLAGS.num_amounts, max_shift=FLAGS.max_shift,
                                            max_scale=FLAGS.max_scale) for k in kinds}
   if not indices:
-    indices = analysis.first_of_classes(src, FLAGS.num_images)
-  examples = analysis.load_examples(src, indices, resize=True)
+    indices = source.first_of_classes(src, FLAGS.num_images)
+  examples = source.load_examples(src, indices, resize=True)
   curves = {k: invariance.invariance_curves(src.params, src.arch, examples["image"],
                                             examples["label"], kind=k, amounts=amounts[k],
                                             layers=layers, batch_size=FLAGS.batch_size)
@@ -140,9 +141,9 @@ def main(_):
 
   workdir = FLAGS.workdir
   png = figures.save(_figure(src, examples, curves, layers),
-                     report.figure_path(workdir, "fig5_invariance.png"))
+                     page.figure_path(workdir, "fig5_invariance.png"))
   markdown, obj = _tables(src, examples, curves, layers)
-  md_path, json_path = report.write_table(workdir, "fig5_invariance", markdown, obj)
+  md_path, json_path = tables.write_table(workdir, "fig5_invariance", markdown, obj)
   text = ("Section 4, Fig. 5: whole resized images translated vertically, scaled and rotated "
           "about the centre of the evaluation crop (bilinear, mean colour beyond the image), then "
           "centre cropped as in evaluation. Curves: Euclidean distance between the feature "
@@ -151,9 +152,9 @@ def main(_):
           "small transformations change layer 1 a lot and the top layer less; the output is "
           "stable to translation and scaling but not to rotation, except for rotationally "
           "symmetric objects.\n\n" + _summary(curves, layers))
-  page = report.add_section(workdir, "fig5", "Fig. 5: feature invariance", text=text,
+  html_path = page.add_section(workdir, "fig5", "Fig. 5: feature invariance", text=text,
                             figures=[png], tables=["fig5_invariance"])
-  print(f"Fig. 5 written to {png}, {md_path} and {json_path}; report: {page}")
+  print(f"Fig. 5 written to {png}, {md_path} and {json_path}; report: {html_path}")
 
 
 if __name__ == "__main__":

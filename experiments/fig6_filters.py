@@ -12,7 +12,8 @@ of each run. Everything goes into --workdir's report.
 from absl import flags
 
 from experiments import cli, common
-from zf_jax import analysis, visualize
+from zf_jax.analyses import source
+from zf_jax.report import visualize
 
 flags.DEFINE_list("compare", [], "Other run workdirs shown beside --workdir.")
 flags.DEFINE_integer("layer2_maps", 0, "Also show layer-2 top-9 projections of this many maps "
@@ -28,7 +29,7 @@ def main(_):
   print(visualize.fig6_filters(workdirs))
   if FLAGS.layer2_maps:
     sources = [common.open_source()] + [
-        analysis.open_source(w, dataset=FLAGS.dataset, split=FLAGS.split, data_dir=FLAGS.data_dir,
+        source.open_source(w, dataset=FLAGS.dataset, split=FLAGS.split, data_dir=FLAGS.data_dir,
                              batch_size=FLAGS.batch_size) for w in FLAGS.compare]
     print(visualize.fig6_layer2(sources, FLAGS.layer2_maps, max_examples=FLAGS.max_examples))
   print(f"report: {FLAGS.workdir}/report.html")

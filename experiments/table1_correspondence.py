@@ -2,13 +2,13 @@ r"""Correspondence analysis: reproduces Table 1 and Fig. 8 of the paper (Section
 
 Masks the same part in N images of one class, and random parts of the same
 size, and measures how consistently each mask changes the features at layers
-5 and 7 (zf_jax.correspondence says how Delta is normalised and what the ±
+5 and 7 (zf_jax.analyses.correspondence says how Delta is normalised and what the ±
 means). On the embedded Fashion-MNIST run of the README, with the built-in
 parts (5 T-shirts; sleeves and neck in the role of the eyes and nose):
 
   python -m experiments.table1_correspondence --workdir=runs/quickstart
 
-Any other dataset needs a parts file (format: zf_jax.correspondence.PARTS_FORMAT),
+Any other dataset needs a parts file (format: zf_jax.analyses.correspondence.PARTS_FORMAT),
 e.g. 5 frontal dog images of the ImageNet validation set, as in the paper:
 
   python -m experiments.table1_correspondence --workdir=runs/zfnet \
@@ -24,9 +24,10 @@ from absl import flags
 from matplotlib.patches import Rectangle
 
 from experiments import cli, common
-from zf_jax import analysis, correspondence, figures, report
+from zf_jax.analyses import correspondence, source
+from zf_jax.report import figures, page, tables
 
-flags.DEFINE_string("parts", None, "Part boxes, a JSON file (see zf_jax.correspondence."
+flags.DEFINE_string("parts", None, "Part boxes, a JSON file (see zf_jax.analyses.correspondence."
                     "PARTS_FORMAT); default: the built-in ones of the dataset, if any.")
 flags.DEFINE_integer("num_random", 50, "Random-part draws (each masks every image once).",
                      lower_bound=1)
@@ -72,7 +73,7 @@ def main(_):
            else correspondence.builtin_parts(dataset))
   correspondence.check_parts(parts, dataset=dataset, split=src.split,
                              image_size=src.icfg.image_size)
-  ex = analysis.load_examples(src, parts.indices)
+  ex = source.load_examples(src, parts.indices)
   correspondence.check_labels(parts, ex["label"])
   result = correspondence.analyse(src.params, src.arch, ex["image"], parts,
                                   num_random=FLAGS.num_random, seed=FLAGS.seed, layers=layers,
@@ -82,17 +83,17 @@ def main(_):
   markdown, table = correspondence.table1(result, parts, dataset=dataset, split=src.split,
                                           class_name=class_name)
   table["workdir"], table["step"] = src.run.workdir, src.run.step
-  md_path, json_path = report.write_table(FLAGS.workdir, "table1", markdown, table)
+  md_path, json_path = tables.write_table(FLAGS.workdir, "table1", markdown, table)
 
   size = parts.image_size
   columns = [(name, parts.boxes[name]) for name in parts.names]
   columns += [(f"random {r + 1}", result["random_boxes"][r])
               for r in range(min(FLAGS.random_columns, FLAGS.num_random))]
-  masked = [analysis.display(src, np.asarray(correspondence.occlude(
+  masked = [source.display(src, np.asarray(correspondence.occlude(
       ex["image"], correspondence.box_masks(b, size)))) for _, b in columns]
-  fig = parts_figure(analysis.display(src, ex["image"]), masked, [b for _, b in columns],
+  fig = parts_figure(source.display(src, ex["image"]), masked, [b for _, b in columns],
                      [name for name, _ in columns], [f"#{i}" for i in parts.indices])
-  fig_path = figures.save(fig, report.figure_path(FLAGS.workdir, "table1_parts.png"))
+  fig_path = figures.save(fig, page.figure_path(FLAGS.workdir, "table1_parts.png"))
 
   comparable = ("" if dataset == correspondence.IMAGENET else
                 f"NOT ImageNet: these are {dataset} parts, not the paper's dog faces, so the "
@@ -106,12 +107,12 @@ def main(_):
   items = {"images": ", ".join(map(str, parts.indices)), "step": src.run.step}
   if random5:
     items["random, layer 5"] = f"{random5['mean']:.3f} ± {random5['std']:.3f}"
-  page = report.add_section(FLAGS.workdir, "table1", "Table 1: correspondence", text=text,
+  html_path = page.add_section(FLAGS.workdir, "table1", "Table 1: correspondence", text=text,
                             figures=[fig_path], tables=["table1"], items=items)
   print(markdown)
   print(f"Table 1 written to {md_path} and {json_path}")
   print(f"Fig. 8 (images and masks) written to {fig_path}")
-  print(f"Report: {page}")
+  print(f"Report: {html_path}")
 
 
 if __name__ == "__main__":

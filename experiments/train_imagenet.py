@@ -22,8 +22,8 @@ import jax
 
 from experiments import cli
 from zf_jax import arch as arch_lib
-from zf_jax import trainer
-from zf_jax import visualize
+from zf_jax.runs import trainer
+from zf_jax.report import visualize
 from zf_jax.train import TrainConfig
 
 _D = trainer.RunConfig()

@@ -12,7 +12,8 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
-from zf_jax import datasets, trainer
+from zf_jax.data import datasets
+from zf_jax.runs import trainer
 from zf_jax.train import TrainConfig
 
 HAVE_DEBIAN_FILES = all(

@@ -1,4 +1,4 @@
-"""Specification of zf_jax.checkpoint: what the trainer relies on to resume."""
+"""Specification of zf_jax.runs.checkpoint: what the trainer relies on to resume."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import optax
 import pytest
 from flax import struct
 
-from zf_jax.checkpoint import Checkpointer
+from zf_jax.runs.checkpoint import Checkpointer
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -137,7 +137,7 @@ def test_save_with_force_false_follows_the_policy(tmp_path):
 
 _KILLED_SAVE = """
 import os, sys, jax, jax.numpy as jnp
-from zf_jax.checkpoint import Checkpointer
+from zf_jax.runs.checkpoint import Checkpointer
 ckpt = Checkpointer(sys.argv[1])
 ckpt.save(1, {"w": jnp.ones((4,))}, {"step": 1})
 ckpt.wait_until_finished()
@@ -185,7 +185,7 @@ import sys
 import jax
 jax.config.update("jax_num_cpu_devices", 4)
 import jax.numpy as jnp, numpy as np
-from zf_jax.checkpoint import Checkpointer
+from zf_jax.runs.checkpoint import Checkpointer
 
 mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
 rep = jax.NamedSharding(mesh, jax.P())

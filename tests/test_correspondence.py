@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from zf_jax import arch as arch_lib
-from zf_jax import correspondence, model, report
+from zf_jax import model
+from zf_jax.analyses import correspondence
+from zf_jax.report import page
 
 TINY = arch_lib.get("zfnet_tiny")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -251,7 +253,7 @@ def test_binary_writes_table1_figure_and_report_section(fashion_run, tmp_path):
   for row in table["ours"]:
     for l in ("5", "7"):
       assert 0 <= row["layers"][l]["mean"] <= 1 and row["layers"][l]["std"] >= 0
-  (section,) = [s for s in report.sections(workdir) if s["key"] == "table1"]
+  (section,) = [s for s in page.sections(workdir) if s["key"] == "table1"]
   assert section["figures"] == ["figures/table1_parts.png"] and section["tables"] == ["table1"]
   with open(os.path.join(workdir, "report.html"), encoding="utf-8") as f:
     assert "Table 1: correspondence" in f.read()

@@ -1,4 +1,4 @@
-"""Specifications of zf_jax.datasets: Debian's Fashion-MNIST as tfds' `fashion_mnist_debian`.
+"""Specifications of zf_jax.data.datasets: Debian's Fashion-MNIST as tfds' `fashion_mnist_debian`.
 
 The data tests read the real files of Debian's `dataset-fashion-mnist` package
 (CI installs it) and skip without them; the dataset is prepared once per
@@ -14,8 +14,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import HAVE_DEBIAN_FILES
-from zf_jax import datasets
-from zf_jax import input_pipeline as ip
+from zf_jax.data import datasets
+from zf_jax.data import input_pipeline as ip
 
 NAME = "fashion_mnist_debian"
 needs_debian_files = pytest.mark.skipif(

@@ -1,4 +1,4 @@
-"""Specifications of zf_jax.evaluation, zf_jax.report and experiments/evaluate.py (Table 2).
+"""Specifications of zf_jax.runs.evaluation, zf_jax.report.page and experiments/evaluate.py (Table 2).
 
 Ensembles and tables are checked on hand-made probabilities; the binary is
 run end to end on two tiny runs trained on tfds' mock data.
@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from zf_jax import checkpoint, evaluation, report, trainer
+from zf_jax.report import tables
+from zf_jax.runs import checkpoint, evaluation, trainer
 from zf_jax.train import TrainConfig
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -104,7 +105,7 @@ def test_table2_shows_every_paper_row_verbatim_beside_ours_in_percent(tmp_path):
   assert "does not say which test-time crops" in markdown
   assert "NOT ImageNet" not in markdown
 
-  md_path, json_path = report.write_table(tmp_path / "run", "table2", markdown, obj)
+  md_path, json_path = tables.write_table(tmp_path / "run", "table2", markdown, obj)
   assert pathlib.Path(md_path).read_text(encoding="utf-8") == markdown
   back = json.loads(pathlib.Path(json_path).read_text(encoding="utf-8"))
   assert back == json.loads(json.dumps(obj))
@@ -132,15 +133,15 @@ def test_table2_labels_other_datasets_as_not_imagenet_and_names_runs_by_arch():
 
 
 def test_write_table_replaces_atomically_and_rejects_paths(tmp_path):
-  report.write_table(tmp_path, "t", "old", {"v": 1})
-  md_path, json_path = report.write_table(tmp_path, "t", "| new |", {"v": [2, None]})
+  tables.write_table(tmp_path, "t", "old", {"v": 1})
+  md_path, json_path = tables.write_table(tmp_path, "t", "| new |", {"v": [2, None]})
   assert sorted(os.listdir(tmp_path / "tables")) == ["t.json", "t.md"]  # No temp file left.
   assert pathlib.Path(md_path).read_text() == "| new |\n"
   assert json.loads(pathlib.Path(json_path).read_text()) == {"v": [2, None]}
   with pytest.raises(ValueError, match="plain file stem"):
-    report.write_table(tmp_path, "../escape", "x", {})
+    tables.write_table(tmp_path, "../escape", "x", {})
   with pytest.raises(ValueError, match="not JSON-serialisable"):
-    report.write_table(tmp_path, "bad", "x", {"v": object()})
+    tables.write_table(tmp_path, "bad", "x", {"v": object()})
   assert not (tmp_path / "tables" / "bad.md").exists()
 
 

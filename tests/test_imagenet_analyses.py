@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from zf_jax import analysis, checkpoint, invariance, report, trainer, visualize
+from zf_jax.analyses import invariance, source
+from zf_jax.report import page, visualize
+from zf_jax.runs import checkpoint, trainer
 from zf_jax.train import TrainConfig
 
 
@@ -36,7 +38,7 @@ def _mock_imagenet_run(tmp_path, monkeypatch):
 def test_report_figures_and_invariance_run_on_imagenet2012(mock_imagenet_run):
   workdir = mock_imagenet_run
   path = visualize.quick_report(workdir, maps_per_layer=2, occlusion_images=2, batch_size=8)
-  src = analysis.open_source(workdir, batch_size=8)
+  src = source.open_source(workdir, batch_size=8)
   assert (src.icfg.dataset, src.split, src.arch.num_classes) == ("imagenet2012", "validation",
                                                                  1000)
   assert not src.grayscale and src.class_name(0) == src.class_names[0] != "0"
@@ -44,8 +46,8 @@ def test_report_figures_and_invariance_run_on_imagenet2012(mock_imagenet_run):
     html = f.read()
   for name in ["training.png", "fig6_filters.png", "fig7_occlusion.png", "fig4_evolution.png"] + [
       f"fig2_layer{l}.png" for l in range(1, 6)]:
-    assert os.path.exists(report.figure_path(workdir, name)) and f"figures/{name}" in html
-  data = analysis.load_examples(src, [3, 1], resize=True)
+    assert os.path.exists(page.figure_path(workdir, name)) and f"figures/{name}" in html
+  data = source.load_examples(src, [3, 1], resize=True)
   assert data["image"].shape == (2, 36, 36, 3) and list(data["index"]) == [3, 1]
   curves = invariance.invariance_curves(src.params, src.arch, data["image"], data["label"],
                                         kind="rotate", amounts=np.array([0.0, 90.0]))

@@ -1,4 +1,4 @@
-"""Specifications of zf_jax.input_pipeline (Section 3 preprocessing, hosts, resume).
+"""Specifications of zf_jax.data.input_pipeline (Section 3 preprocessing, hosts, resume).
 
 No download: datasets are tfds' mock data, or a tiny in-memory dataset served
 through `tfds.testing.mock_data(as_dataset_fn=...)` that honours split slicing
@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from zf_jax import input_pipeline as ip
+from zf_jax.data import input_pipeline as ip
 
 SMALL = dict(resize_size=12, image_size=8)  # Same code paths as 256/224, far cheaper.
 

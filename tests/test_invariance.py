@@ -1,4 +1,4 @@
-"""Fig. 5's transformations and invariance curves (zf_jax.invariance) and its binary."""
+"""Fig. 5's transformations and invariance curves (zf_jax.analyses.invariance) and its binary."""
 
 import json
 import os
@@ -12,7 +12,9 @@ import pytest
 import scipy.ndimage
 
 from zf_jax import arch as arch_lib
-from zf_jax import invariance, model, report
+from zf_jax import model
+from zf_jax.analyses import invariance
+from zf_jax.report import page, tables
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R, S = 37, 32  # zfnet_tiny's resize and crop sizes: an odd margin, 2 px above and 3 below.
@@ -195,10 +197,10 @@ def test_binary_writes_figure_table_and_report_section(fashion_run, tmp_path):
   shutil.copytree(fashion_run[0], workdir)  # The fixture's workdir is shared: write a copy.
   proc = _binary(f"--workdir={workdir}", "--num_images=3", "--num_amounts=5")
   assert proc.returncode == 0, proc.stderr
-  png = report.figure_path(workdir, "fig5_invariance.png")
-  tables = os.path.join(workdir, report.TABLES_DIR)
+  png = page.figure_path(workdir, "fig5_invariance.png")
+  table_dir = os.path.join(workdir, tables.TABLES_DIR)
   assert png in proc.stdout and os.path.getsize(png) > 10_000
-  with open(os.path.join(tables, "fig5_invariance.json"), encoding="utf-8") as f:
+  with open(os.path.join(table_dir, "fig5_invariance.json"), encoding="utf-8") as f:
     table = json.load(f)
   assert len(table["images"]) == 3 and len({im["label"] for im in table["images"]}) == 3
   assert set(table["kinds"]) == set(invariance.KINDS)
@@ -213,10 +215,10 @@ def test_binary_writes_figure_table_and_report_section(fashion_run, tmp_path):
     for layer in ("1", "7"):
       assert np.asarray(table["kinds"][kind]["distance"][layer])[:, k] == pytest.approx(0, abs=1e-3)
   assert os.path.exists(os.path.join(tables, "fig5_invariance.md"))
-  section = next(s for s in report.sections(workdir) if s["key"] == "fig5")
+  section = next(s for s in page.sections(workdir) if s["key"] == "fig5")
   assert section["figures"] == ["figures/fig5_invariance.png"]
   assert section["tables"] == ["fig5_invariance"]
-  with open(os.path.join(workdir, report.REPORT_FILE), encoding="utf-8") as f:
+  with open(os.path.join(workdir, page.REPORT_FILE), encoding="utf-8") as f:
     assert "Fig. 5: feature invariance" in f.read()
 
 

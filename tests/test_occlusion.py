@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zf_jax import analysis, deconv, model
+from zf_jax import deconv, model
+from zf_jax.analyses import source
 from zf_jax import arch as arch_lib
 from zf_jax import occlusion as occ
 
@@ -116,10 +117,10 @@ def test_occluding_the_garment_costs_more_than_occluding_the_background(fashion_
   images, than where it covers the fewest (the most background).
   """
   workdir, _ = fashion_run
-  src = analysis.open_source(workdir)
-  data = analysis.load_examples(src, range(40))
+  src = source.open_source(workdir)
+  data = source.load_examples(src, range(40))
   black = -src.mean_crop()
-  pixels = analysis.display(src, data["image"]).mean(-1)  # 0..255, garments bright on black.
+  pixels = source.display(src, data["image"]).mean(-1)  # 0..255, garments bright on black.
   on_object, on_background = [], []
   for image, label, px in zip(data["image"], data["label"], pixels):
     maps = occ.occlusion(src.params, src.arch, image, int(label), patch=10, stride=2, fill=black)

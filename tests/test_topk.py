@@ -1,4 +1,4 @@
-"""Specifications of zf_jax.topk (Fig. 2): streaming top-k equals brute force; projections and
+"""Specifications of zf_jax.analyses.topk (Fig. 2): streaming top-k equals brute force; projections and
 patches are the right ones."""
 
 import jax
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from zf_jax import arch as arch_lib
-from zf_jax import deconv, model, topk
+from zf_jax import deconv, model
+from zf_jax.analyses import topk
 
 ARCH = arch_lib.get("zfnet_tiny")
 LAYERS = (1, 2, 5)

@@ -1,4 +1,4 @@
-"""Specifications of the training run (zf_jax.trainer and experiments/train_imagenet.py).
+"""Specifications of the training run (zf_jax.runs.trainer and experiments/train_imagenet.py).
 
 What a run promises, each checked on a real (if tiny) run:
 
@@ -47,9 +47,9 @@ if TESTS_DIR not in sys.path:
 import tiny_dataset  # noqa: E402  (registers zf_tiny_images)
 
 from zf_jax import arch as arch_lib  # noqa: E402
-from zf_jax import checkpoint  # noqa: E402
+from zf_jax.runs import checkpoint  # noqa: E402
 from zf_jax import train  # noqa: E402
-from zf_jax import trainer  # noqa: E402
+from zf_jax.runs import trainer  # noqa: E402
 from zf_jax.train import TrainConfig  # noqa: E402
 
 BATCH = 8
@@ -311,7 +311,9 @@ if args["distributed"]:
 
 import numpy as np
 import tiny_dataset  # noqa: F401  (registers zf_tiny_images)
-from zf_jax import arch as arch_lib, checkpoint, input_pipeline, train, trainer
+from zf_jax import arch as arch_lib, train
+from zf_jax.data import input_pipeline
+from zf_jax.runs import checkpoint, trainer
 from zf_jax.train import TrainConfig
 
 run = dict(args["run"])

@@ -9,7 +9,7 @@ transformed and untransformed image at layers 1 and 7 (Fig. 5, cols 2 and 3)
 and the probability of the true label (col 4).
 
 The transformations act on the whole resized image (resize_size^2, minus the
-mean, as `zf_jax.analysis.load_examples(..., resize=True)` gives it) and the
+mean, as `zf_jax.analyses.source.load_examples(..., resize=True)` gives it) and the
 model then sees the centre crop of the result, as in evaluation (Section 3):
 a translation or a zoom-out brings real image content into the crop from the
 margin where the resized image has it, and the mean colour (0) only beyond
@@ -93,7 +93,7 @@ def warp(image: jax.Array, a: jax.Array, t: jax.Array, size: int) -> jax.Array:
     the image (fading to 0 over the last pixel).
   """
   r = image.shape[0]
-  offset = (r - size) // 2  # The evaluation's centre crop (zf_jax.input_pipeline).
+  offset = (r - size) // 2  # The evaluation's centre crop (zf_jax.data.input_pipeline).
   centre = offset + (size - 1) / 2.0
   grid = jnp.arange(size, dtype=jnp.float32) + offset - centre
   p = jnp.stack(jnp.meshgrid(grid, grid, indexing="ij"))  # (2, size, size): (row, col).
@@ -173,7 +173,7 @@ def invariance_curves(params: model.Params, arch: Arch, images, labels, *, kind:
   Args:
     params, arch: the model.
     images: (N, R, R, 3) whole resized images minus the mean (R >= arch.image_size;
-      `zf_jax.analysis.load_examples(src, indices, resize=True)["image"]`).
+      `zf_jax.analyses.source.load_examples(src, indices, resize=True)["image"]`).
     labels: (N,) true classes.
     kind: "translate" (vertical, pixels), "scale" (ratio) or "rotate" (degrees).
     amounts: (A,) amounts of `kind`; None: `default_amounts(kind, arch.image_size)`.

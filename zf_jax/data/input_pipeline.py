@@ -32,7 +32,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow_datasets as tfds
 
-from zf_jax import datasets as _datasets  # noqa: F401  (registers fashion_mnist_debian)
+from zf_jax import files
+from zf_jax.data import datasets as _datasets  # noqa: F401  registers fashion_mnist_debian
 
 
 def _hide_gpus_from_tensorflow() -> None:
@@ -403,9 +404,8 @@ def load_or_compute_mean_image(cfg: InputConfig, *, split: str | None = None,
     return mean.astype(np.float32)
   mean = compute_mean_image(cfg, split=split, max_examples=max_examples)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}.npy"
-  np.save(tmp, mean)
-  os.replace(tmp, path)  # Atomic: several hosts may write the same file.
+  with files.atomic_path(path) as tmp:  # Several hosts may write the same file.
+    np.save(tmp, mean)
   logging.info("wrote mean image to %s", path)
   return mean
 

@@ -29,7 +29,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from zf_jax import arch as arch_lib
-from zf_jax import checkpoint, input_pipeline, train
+from zf_jax import train
+from zf_jax.data import input_pipeline
+from zf_jax.runs import checkpoint
 from zf_jax.train import TrainConfig
 
 FIG4_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)

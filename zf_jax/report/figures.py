@@ -6,11 +6,12 @@ nothing here touches the interactive backend of a notebook.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from zf_jax.files import atomic_path
 
 
 def signed_to_unit(x: np.ndarray, axis=(-3, -2, -1)) -> np.ndarray:
@@ -73,9 +74,8 @@ def show_image(ax, image: np.ndarray, title: str | None = None, fontsize: float 
 
 def save(fig: Figure, path: str) -> str:
   """Writes `fig` as a PNG at `path` (atomically: readers never see half a file)."""
-  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp.png")
-  fig.savefig(tmp, dpi=fig.dpi)
-  os.replace(tmp, path)
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=fig.dpi, format="png")
   return path
 
 

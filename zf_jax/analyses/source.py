@@ -3,8 +3,8 @@
 `open_source(workdir)` restores a run (latest or chosen checkpoint) and pairs
 it with a split of a tfds dataset preprocessed exactly as the run was trained
 (Section 3: resize, centre crop, minus the run's own mean image). The
-analyses (`zf_jax.topk`, `zf_jax.occlusion`, `zf_jax.invariance`,
-`zf_jax.correspondence`) take numpy/JAX arrays; this module feeds them.
+analyses (`zf_jax.analyses.topk`, `zf_jax.occlusion`, `zf_jax.analyses.invariance`,
+`zf_jax.analyses.correspondence`) take numpy/JAX arrays; this module feeds them.
 
 Analyses run in one process (all local devices visible); example indices
 are positions in the split's file order.
@@ -17,7 +17,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from zf_jax import evaluation, input_pipeline
+from zf_jax.data import input_pipeline
+from zf_jax.runs import evaluation
 
 
 @dataclasses.dataclass(frozen=True)

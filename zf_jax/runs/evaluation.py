@@ -25,7 +25,10 @@ import jax
 import numpy as np
 
 from zf_jax import arch as arch_lib
-from zf_jax import checkpoint, input_pipeline, report, train, trainer
+from zf_jax import train
+from zf_jax.data import input_pipeline
+from zf_jax.report import tables
+from zf_jax.runs import checkpoint, trainer
 from zf_jax.train import TrainConfig
 
 CROP_NAMES = {"center": "centre crop", "ten": "10 crops"}
@@ -417,6 +420,6 @@ def write_table2(workdirs: Sequence[str], out: str | None = None, *,
   markdown, obj = table2(results, labels=labels)
   md_path = json_path = None
   if jax.process_index() == 0:
-    md_path, json_path = report.write_table(out or workdirs[0], "table2", markdown, obj)
+    md_path, json_path = tables.write_table(out or workdirs[0], "table2", markdown, obj)
   return {"results": results, "markdown": markdown, "json": obj, "md_path": md_path,
           "json_path": json_path}

@@ -1,7 +1,7 @@
 """Section 4's figures for a trained run, each written into the run's report.
 
 Each `fig*` function computes one figure of the paper for a `Source` (a
-restored run and a split, see `zf_jax.analysis`), writes PNGs to
+restored run and a split, see `zf_jax.analyses.source`), writes PNGs to
 `<workdir>/figures/`, the numbers behind them to `<workdir>/tables/`, and
 its section of `<workdir>/report.html`. The experiment binaries and the
 quickstart call these with their flags.
@@ -18,8 +18,11 @@ import matplotlib
 from matplotlib.patches import Patch
 import numpy as np
 
-from zf_jax import (analysis, checkpoint, evaluation, figures, input_pipeline, occlusion, report,
-                    topk)
+from zf_jax import occlusion
+from zf_jax.analyses import source, topk
+from zf_jax.data import input_pipeline
+from zf_jax.report import figures, page, tables
+from zf_jax.runs import checkpoint, evaluation
 from zf_jax.arch import Arch
 
 
@@ -31,8 +34,8 @@ def pick_maps(arch: Arch, layer: int, count: int, seed: int = 0) -> list[int]:
   return sorted(np.random.default_rng([seed, layer]).choice(n, count, replace=False).tolist())
 
 
-def _batches_with_valid(src: analysis.Source, max_examples: int | None):
-  for batch in analysis.batches(src, max_examples=max_examples):
+def _batches_with_valid(src: source.Source, max_examples: int | None):
+  for batch in source.batches(src, max_examples=max_examples):
     # Pad the last batch to the common size: one compiled update for the whole pass.
     n, size = len(batch["index"]), src.icfg.global_batch_size
     valid = np.arange(size) < n
@@ -40,18 +43,18 @@ def _batches_with_valid(src: analysis.Source, max_examples: int | None):
     yield {"image": pad(batch["image"]), "index": pad(batch["index"]), "valid": valid}
 
 
-def top_activations(src: analysis.Source, layers: Sequence[int], k: int = 9,
+def top_activations(src: source.Source, layers: Sequence[int], k: int = 9,
                     max_examples: int | None = None) -> topk.TopK:
   """Fig. 2 (Section 4): one pass over the split, the k strongest activations of every map."""
   return topk.over_batches(src.params, src.arch, _batches_with_valid(src, max_examples), layers, k)
 
 
-def kept_examples(src: analysis.Source, state: topk.TopK, maps: dict[int, Sequence[int]]
+def kept_examples(src: source.Source, state: topk.TopK, maps: dict[int, Sequence[int]]
                   ) -> dict[int, np.ndarray]:
   """{example index: preprocessed image} of every entry `state` keeps for `maps` {layer: maps}."""
   wanted = sorted({int(i) for l, m in maps.items() for i in np.asarray(state.index[l])[list(m)]
                    .ravel() if i >= 0})
-  data = analysis.load_examples(src, wanted)
+  data = source.load_examples(src, wanted)
   return dict(zip(data["index"].tolist(), data["image"]))
 
 
@@ -59,7 +62,7 @@ def _block(tiles: np.ndarray, cols: int) -> np.ndarray:
   return figures.montage(tiles, cols, pad=1, fill=1.0)
 
 
-def top9_panels(src: analysis.Source, state: topk.TopK, layer: int, maps: Sequence[int],
+def top9_panels(src: source.Source, state: topk.TopK, layer: int, maps: Sequence[int],
                 examples: dict[int, np.ndarray], *, mode: str = "deconvnet"
                 ) -> tuple[np.ndarray, np.ndarray]:
   """(projection patches, image patches) of the kept activations of `maps`, in [0, 1].
@@ -75,7 +78,7 @@ def top9_panels(src: analysis.Source, state: topk.TopK, layer: int, maps: Sequen
   if src.grayscale:
     proj = figures.channel_mean(proj)
   proj_patches = figures.signed_to_unit(topk.patches(src.arch, layer, proj, rows, cols))
-  pixels = analysis.display(src, images).astype(np.float32) / 255.0
+  pixels = source.display(src, images).astype(np.float32) / 255.0
   image_patches = topk.patches(src.arch, layer, pixels, rows, cols, fill=0.5)
   empty = index < 0
   proj_patches[empty] = 1.0
@@ -83,7 +86,7 @@ def top9_panels(src: analysis.Source, state: topk.TopK, layer: int, maps: Sequen
   return proj_patches, image_patches
 
 
-def fig2(src: analysis.Source, *, layers: Sequence[int] | None = None, maps_per_layer: int = 16,
+def fig2(src: source.Source, *, layers: Sequence[int] | None = None, maps_per_layer: int = 16,
          k: int = 9, seed: int = 0, mode: str = "deconvnet", max_examples: int | None = None,
          maps_per_row: int = 4) -> list[str]:
   """Fig. 2 (Section 4): per layer, `maps_per_layer` maps x top-k projections beside their patches.
@@ -125,7 +128,7 @@ def fig2(src: analysis.Source, *, layers: Sequence[int] | None = None, maps_per_
     fig.suptitle(f"Layer {l}: top {k} activations of {len(chosen[l])} maps over "
                  f"{src.icfg.dataset}:{src.split} (projections | image patches, "
                  f"{topk.receptive_field(arch, l)[0]} px receptive field of {size} px)", fontsize=9)
-    paths.append(figures.save(fig, report.figure_path(workdir, f"fig2_layer{l}.png")))
+    paths.append(figures.save(fig, page.figure_path(workdir, f"fig2_layer{l}.png")))
     record[str(l)] = {
         "maps": chosen[l],
         "value": np.asarray(state.value[l])[chosen[l]].round(6).tolist(),
@@ -142,10 +145,10 @@ def fig2(src: analysis.Source, *, layers: Sequence[int] | None = None, maps_per_
     kth = v[:, -1][np.isfinite(v[:, -1])]
     md.append(f"| {l} | {len(chosen[l])} of {arch.conv(l).features} | {v[:, 0].max():.4g} | "
               f"{np.median(kth) if len(kth) else float('nan'):.4g} |")
-  report.write_table(workdir, "fig2_top9", "\n".join(md), {
+  tables.write_table(workdir, "fig2_top9", "\n".join(md), {
       "run": workdir, "step": src.run.step, "dataset": src.icfg.dataset, "split": src.split,
       "k": k, "mode": mode, "layers": record})
-  report.add_section(
+  page.add_section(
       workdir, "fig2", "Fig. 2: top activations projected to pixels",
       text=(f"For each layer, {maps_per_layer or 'all'} feature maps; for each map its {k} "
             f"strongest activations over {src.icfg.dataset}:{src.split}, one per image, each "
@@ -181,16 +184,16 @@ def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
   fig = figures.image_rows([panels], [labels], cell=4.0, fontsize=9)
   fig.suptitle("Layer-1 filters (each stretched to its own range)", fontsize=10)
   out = out or runs[0].workdir
-  path = figures.save(fig, report.figure_path(out, "fig6_filters.png"))
+  path = figures.save(fig, page.figure_path(out, "fig6_filters.png"))
   rms = {label: np.sqrt(np.mean(np.square(np.asarray(
       r.params[f"conv{r.arch.convs[0].layer}"]["w"])), axis=(0, 1, 2))).round(5).tolist()
          for label, r in zip(labels, runs)}
-  report.write_table(out, "fig6_filter_rms", "\n".join(
+  tables.write_table(out, "fig6_filter_rms", "\n".join(
       ["# Fig. 6: layer-1 filter RMS", "", "| run | filters | max RMS | median RMS | at the "
        "radius 0.1 |", "|---|---|---|---|---|"] +
       [f"| {label} | {len(v)} | {max(v):.4f} | {np.median(v):.4f} | "
        f"{sum(x >= 0.0999 for x in v)} |" for label, v in rms.items()]), {"rms": rms})
-  report.add_section(
+  page.add_section(
       out, "fig6", "Fig. 6: layer-1 filters",
       text=("The first layer's filters, each shown stretched to its own range. Section 4.1: "
             "without the RMS renormalisation of Section 3 a few filters dominate; ZFNet's 7x7 "
@@ -199,7 +202,7 @@ def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
   return path
 
 
-def fig6_layer2(sources: Sequence[analysis.Source], maps: int, *, k: int = 9, seed: int = 0,
+def fig6_layer2(sources: Sequence[source.Source], maps: int, *, k: int = 9, seed: int = 0,
                 max_examples: int | None = None, out: str | None = None) -> str:
   """Fig. 6 (d)/(e) (Section 4.1): layer-2 top-k projections of `maps` maps, one row per run."""
   rows, titles, labels = [], [], []
@@ -214,12 +217,12 @@ def fig6_layer2(sources: Sequence[analysis.Source], maps: int, *, k: int = 9, se
   fig = figures.image_rows(rows, titles, labels, cell=1.6)
   fig.suptitle(f"Layer-2 features: top {k} projections per map, one row per run", fontsize=9)
   out = out or sources[0].run.workdir
-  path = figures.save(fig, report.figure_path(out, "fig6_layer2.png"))
-  section = report.sections(out)
+  path = figures.save(fig, page.figure_path(out, "fig6_layer2.png"))
+  section = page.sections(out)
   previous = next((s for s in section if s["key"] == "fig6"), None)
   figs = [os.path.join(out, f) for f in (previous or {}).get("figures", [])
           if not f.endswith("fig6_layer2.png")]
-  report.add_section(out, "fig6", "Fig. 6: layer-1 filters and layer-2 features",
+  page.add_section(out, "fig6", "Fig. 6: layer-1 filters and layer-2 features",
                      text=(previous or {}).get("text", "") + "\n\nLayer-2 projections of each "
                      "run (Fig. 6 (d), (e)).", figures=figs + [path],
                      tables=(previous or {}).get("tables", []))
@@ -229,7 +232,7 @@ def fig6_layer2(sources: Sequence[analysis.Source], maps: int, *, k: int = 9, se
 FILLS = ("grey", "black")
 
 
-def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = None,
+def fig7(src: source.Source, indices: Sequence[int], *, patch: int | None = None,
          stride: int | None = None, fill: str = "grey", chunk: int = 64) -> str:
   """Fig. 7 (Section 4.2): occlusion sensitivity of a few images, one row each: (a)-(e).
 
@@ -244,8 +247,8 @@ def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = No
   # Defaults (the paper gives no sizes): a 50 px square every 8 px at 224 px, scaled to the input.
   patch = patch or max(1, round(size * 50 / 224))
   stride = stride or max(1, round(size * 8 / 224))
-  data = analysis.load_examples(src, indices)
-  pixels = analysis.display(src, data["image"])
+  data = source.load_examples(src, indices)
+  pixels = source.display(src, data["image"])
   rows, titles, record, legends = [], [], [], []
   cmap = matplotlib.colormaps["tab20"]
   for image, label, index, px in zip(data["image"], data["label"], data["index"], pixels):
@@ -255,7 +258,7 @@ def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = No
     proj = figures.channel_mean(proj) if src.grayscale else proj
     shown = px.copy()
     y0, x0, y1, x1 = maps.box(maps.prob.shape[0] // 2, maps.prob.shape[1] // 2)
-    shown[y0:y1, x0:x1] = analysis.display(
+    shown[y0:y1, x0:x1] = source.display(
         src, np.broadcast_to(fill_value, (1, size, size, 3)))[0][y0:y1, x0:x1]
     heat = lambda m, cm: matplotlib.colormaps[cm](np.asarray(m))[..., :3]
     classes = cmap(np.asarray(maps.top_class) % 20)[..., :3]
@@ -284,7 +287,7 @@ def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = No
                                bbox_to_anchor=(1.0, 0.5), frameon=False)
   fig.suptitle(f"Occlusion sensitivity: {patch} px {fill} square, stride {stride} px", fontsize=9)
   workdir = src.run.workdir
-  path = figures.save(fig, report.figure_path(workdir, "fig7_occlusion.png"))
+  path = figures.save(fig, page.figure_path(workdir, "fig7_occlusion.png"))
   md = ["# Fig. 7: occlusion sensitivity", "",
         f"{fill.capitalize()} square {patch} px, stride {stride} px, run step {src.run.step}.", "",
         "| example | true class | p(true), unoccluded | lowest p(true) | occluder at the lowest |",
@@ -295,9 +298,9 @@ def fig7(src: analysis.Source, indices: Sequence[int], *, patch: int | None = No
     md.append(f"| {r['index']} | {src.class_name(r['label'])} | {r['unoccluded_prob']:.3f} | "
               f"{p.min():.3f} | rows {i * stride}..{i * stride + patch}, cols "
               f"{j * stride}..{j * stride + patch} |")
-  report.write_table(workdir, "fig7_occlusion", "\n".join(md),
+  tables.write_table(workdir, "fig7_occlusion", "\n".join(md),
                      {"patch": patch, "stride": stride, "fill": fill, "images": record})
-  report.add_section(
+  page.add_section(
       workdir, "fig7", "Fig. 7: occlusion sensitivity",
       text=(f"Per image: (a) the image with the {fill} square (shown at the centre position); "
             f"(b) total activation of the layer-{src.arch.convs[-1].layer} map strongest on the "
@@ -344,8 +347,8 @@ def training_section(workdir: str) -> str:
       ax.set_xlabel("step")
       ax.set_title(title, fontsize=9)
       ax.legend(fontsize=7)
-    figs.append(figures.save(fig, report.figure_path(workdir, "training.png")))
-  return report.add_section(workdir, "training", "Training", items=items, figures=figs,
+    figs.append(figures.save(fig, page.figure_path(workdir, "training.png")))
+  return page.add_section(workdir, "training", "Training", items=items, figures=figs,
                             text="Loss and top-1 error during training (metrics.jsonl); "
                             "final accuracy from summary.json.")
 
@@ -380,7 +383,7 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
                      f"{', '.join(map(str, available)) or 'none'}")
   columns, layers_, chosen = [], None, None
   for s in steps:
-    src = analysis.open_source(workdir, step=s, dataset=dataset, split=split, data_dir=data_dir,
+    src = source.open_source(workdir, step=s, dataset=dataset, split=split, data_dir=data_dir,
                                batch_size=batch_size)
     if layers_ is None:
       layers_ = tuple(layers or src.arch.conv_layers)
@@ -399,8 +402,8 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
   fig = figures.image_rows(rows, [titles if r == 0 else [""] * len(steps)
                                   for r in range(len(rows))], labels, cell=1.3, fontsize=7)
   fig.suptitle("Strongest activation of chosen maps,\nby checkpoint", fontsize=9)
-  path = figures.save(fig, report.figure_path(workdir, "fig4_evolution.png"))
-  report.add_section(
+  path = figures.save(fig, page.figure_path(workdir, "fig4_evolution.png"))
+  page.add_section(
       workdir, "fig4", "Fig. 4: feature evolution during training",
       text=(f"Rows: feature maps (layer, map); columns: saved checkpoints. Each tile is the "
             f"projection of the map's strongest activation over the first "
@@ -431,10 +434,10 @@ def quick_report(workdir: str, *, maps_per_layer: int = 8, occlusion_images: int
   """
   training_section(workdir)
   fig6_filters([workdir])
-  src = analysis.open_source(workdir, batch_size=batch_size)
+  src = source.open_source(workdir, batch_size=batch_size)
   fig2(src, maps_per_layer=maps_per_layer, max_examples=max_examples)
   # Fashion-MNIST's background is black: a black occluder is its neutral one (see fig7).
-  fig7(src, analysis.first_of_classes(src, occlusion_images), fill=fill)
+  fig7(src, source.first_of_classes(src, occlusion_images), fill=fill)
   if evolution:
     fig4(workdir, maps_per_layer=2, max_examples=5_000, batch_size=batch_size)
-  return report.write_report(workdir)
+  return page.write_report(workdir)

@@ -1,8 +1,8 @@
-"""Writes the paper's tables (Markdown + JSON) and the report page under a run's workdir.
+"""The report page of a run's workdir: `<workdir>/report.html`.
 
-Every table binary (Tables 1-5) ends the same way: a Markdown table for
-people and a JSON twin for programs, side by side in `<workdir>/tables/`,
-with the paper's numbers beside ours (see `zf_jax.evaluation.table2`).
+Every figure and table binary records its section (title, text, figures,
+tables written with `zf_jax.report.tables`) under `<workdir>/report/sections/`
+and re-renders the one page, in the paper's order.
 """
 
 from __future__ import annotations
@@ -10,64 +10,11 @@ from __future__ import annotations
 import html
 import json
 import os
-import re
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-TABLES_DIR = "tables"
-_NAME = re.compile(r"^[\w.-]+$")
-
-
-def _atomic_write(path: str, text: str) -> None:
-  """Writes `text` to `path` so that readers see the old file or the new one, never half."""
-  # Same folder (os.replace is atomic only within a file system); open() rather
-  # than mkstemp so the table gets the usual umask permissions, not 0600.
-  tmp = os.path.join(os.path.dirname(path),
-                     f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
-  try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def write_table(directory: str | os.PathLike, name: str, markdown: str,
-                json_obj: Any) -> tuple[str, str]:
-  """Writes `<directory>/tables/<name>.md` and `<name>.json`, creating folders as needed.
-
-  Args:
-    directory: usually a run's workdir.
-    name: file stem, e.g. "table2"; letters, digits, "_", "-" and "." only.
-    markdown: the table for people.
-    json_obj: its JSON-serialisable twin for programs.
-
-  Returns:
-    (markdown path, JSON path), absolute.
-
-  Raises:
-    ValueError: a name that is not a plain file stem, or an object JSON cannot hold.
-  """
-  if not _NAME.match(name) or name in (".", ".."):
-    raise ValueError(f"table name must be a plain file stem (letters, digits, _ - .), got {name!r}")
-  try:
-    # Serialise before touching the disk: a bad object leaves no half-written pair.
-    text = json.dumps(json_obj, indent=2, allow_nan=False) + "\n"
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"table {name!r} is not JSON-serialisable: {e}") from None
-  folder = os.path.join(os.path.abspath(os.fspath(directory)), TABLES_DIR)
-  os.makedirs(folder, exist_ok=True)
-  md_path = os.path.join(folder, f"{name}.md")
-  json_path = os.path.join(folder, f"{name}.json")
-  _atomic_write(md_path, markdown if markdown.endswith("\n") else markdown + "\n")
-  _atomic_write(json_path, text)
-  return md_path, json_path
-
-
-# --- The report page: every figure and table binary adds a section, then re-renders. ---
+from zf_jax.files import atomic_write
+from zf_jax.report.tables import TABLES_DIR, check_name
 
 FIGURES_DIR = "figures"
 SECTIONS_DIR = os.path.join("report", "sections")
@@ -78,9 +25,7 @@ ORDER = ("training", "fig6", "fig2", "fig7", "fig4", "fig5", "table1", "table2")
 
 def figure_path(directory: str | os.PathLike, name: str) -> str:
   """`<directory>/figures/<name>` (a PNG file name), its folder created."""
-  if not _NAME.match(name) or name in (".", ".."):
-    raise ValueError(f"figure name must be a plain file name (letters, digits, _ - .), "
-                     f"got {name!r}")
+  check_name("figure name", name)
   folder = os.path.join(os.path.abspath(os.fspath(directory)), FIGURES_DIR)
   os.makedirs(folder, exist_ok=True)
   return os.path.join(folder, name)
@@ -103,8 +48,7 @@ def add_section(directory: str | os.PathLike, key: str, title: str, *, text: str
   Returns:
     The path of report.html.
   """
-  if not _NAME.match(key):
-    raise ValueError(f"section key must be a plain name, got {key!r}")
+  check_name("section key", key)
   root = os.path.abspath(os.fspath(directory))
   rel = []
   for path in figures:
@@ -116,7 +60,7 @@ def add_section(directory: str | os.PathLike, key: str, title: str, *, text: str
   os.makedirs(folder, exist_ok=True)
   section = {"key": key, "title": title, "text": text, "figures": rel, "tables": list(tables),
              "items": dict(items or {})}
-  _atomic_write(os.path.join(folder, f"{key}.json"), json.dumps(section, indent=2) + "\n")
+  atomic_write(os.path.join(folder, f"{key}.json"), json.dumps(section, indent=2) + "\n")
   return write_report(root)
 
 
@@ -194,5 +138,5 @@ def write_report(directory: str | os.PathLike) -> str:
                      f"<a href='{TABLES_DIR}/{name}.json'>{name}.json</a></p>")
   parts.append("</body></html>\n")
   path = os.path.join(root, REPORT_FILE)
-  _atomic_write(path, "\n".join(parts))
+  atomic_write(path, "\n".join(parts))
   return path
