@@ -1,2 +1,2 @@
 """Benchmarks of zf_jax (not tests): `python -m benchmarks` runs every workload beside its
-peer in one table; `python -m benchmarks.<name>` runs one study (training, analysis)."""
+peer in one table (see `benchmarks/__main__.py`)."""

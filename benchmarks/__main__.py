@@ -30,7 +30,7 @@ not depend on the values):
   * input pipeline: images/s of `input_pipeline.make_train_iterator` host
     batches on the embedded fashion_mnist_debian (zfnet_small sizes: 32 px
     random crops of 36, batch 128) and on 512 generated ImageNet-sized JPEGs
-    (`benchmarks.training.ZfBenchJpeg`: 224 px "ten" crops of 256, batch
+    (`benchmarks.datasets.ZfBenchJpeg`: 224 px "ten" crops of 256, batch
     128); no peer.
 Timing: each side runs --rounds times (default 2), alternating which goes
 first (ours, peer, then peer, ours), each round a warm-up run (compile) then
@@ -88,6 +88,8 @@ import tempfile
 import time
 
 from benchmarks import common
+from zf_jax.files import atomic_path
+from zf_jax.report.tables import markdown_table
 
 WORKLOADS = ("train", "deconv", "occlusion", "input")
 PEER_NEEDS = {"train": ("torch",), "deconv": ("torch", "captum"),
@@ -276,11 +278,9 @@ def merge_rounds(results: list[dict]) -> dict:
   merged = dict(ok[-1])
   if len(ok) > 1:
     merged["seconds"] = common.summary([t for r in ok for t in r["seconds"]["runs"]])
-    work, sec = merged["work"], merged["seconds"]
-    merged["rate"] = {"median": work / sec["median"], "min": work / sec["max"],
-                      "max": work / sec["min"]}
+    merged["rate"] = common.rate(merged["work"], merged["seconds"])
     if "gflop_per_run" in merged:
-      merged["gflop_s"] = merged["gflop_per_run"] / sec["median"]
+      merged["gflop_s"] = merged["gflop_per_run"] / merged["seconds"]["median"]
     if "tried" in ok[0]:
       merged["tried"] = ok[0]["tried"]  # Every setting was tried in round 1.
       merged["best"] = ok[0]["best"]
@@ -294,18 +294,15 @@ def num(x: float) -> str:
   return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
-def _cell_text(text: str) -> str:
-  return text.replace("|", "\\|").replace("\n", " ")
-
-
 def side_cell(r: dict | None, workload: str) -> str:
+  """One side's table cell (on one line; `markdown_table` escapes its '|')."""
   if r is None:
     return "-"
   status = r.get("status")
   if status == "failed":
-    return _cell_text(f"failed: {r.get('error', '')}")
+    return f"failed: {r.get('error', '')}".replace("\n", " ")
   if status != "ok":
-    return _cell_text(r.get("note", status or "-"))
+    return r.get("note", status or "-").replace("\n", " ")
   if workload == "occlusion":
     s = r["seconds"]
     return (f"{num(s['median'])} s/map [{num(s['min'])} .. {num(s['max'])}], "
@@ -338,14 +335,12 @@ def rss_cell(r: dict | None) -> str:
 
 
 def table(rows: list[dict], peak: float | None) -> str:
-  lines = ["| workload | ours | peer | peer/ours | ours GFLOP/s (% of measured peak) "
-           "| ours peak RSS |", "|---|---|---|---|---|---|"]
-  for row in rows:
-    w = row["workload"]
-    lines.append(f"| {row['title']} | {side_cell(row['ours'], w)} | {side_cell(row['peer'], w)} "
-                 f"| {ratio_cell(row)} | {gflops_cell(row['ours'], peak)} "
-                 f"| {rss_cell(row['ours'])} |")
-  return "\n".join(lines)
+  header = ("workload", "ours", "peer", "peer/ours", "ours GFLOP/s (% of measured peak)",
+            "ours peak RSS")
+  cells = [(row["title"], side_cell(row["ours"], row["workload"]),
+            side_cell(row["peer"], row["workload"]), ratio_cell(row),
+            gflops_cell(row["ours"], peak), rss_cell(row["ours"])) for row in rows]
+  return "\n".join(markdown_table(header, cells, align="l" * len(header)))
 
 
 def _ok(r):
@@ -436,17 +431,6 @@ def markdown(slug: str, results: dict) -> str:
   if results["failed"]:
     parts += ["", f"Failed: {', '.join(results['failed'])}."]
   return "\n".join(parts) + "\n"
-
-
-def write_atomic(folder: str, name: str, text: str, staged: list) -> None:
-  """Writes `text` to a temporary file in `folder`; `staged` collects (temp, final) pairs."""
-  fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-  with os.fdopen(fd, "w", encoding="utf-8") as f:
-    f.write(text)
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o666 & ~umask)  # mkstemp's files are private; results are not.
-  staged.append((tmp, os.path.join(folder, name)))
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -541,12 +525,14 @@ def main(argv=None) -> int:
              "config": {k: v for k, v in vars(args).items()}, "peak": peak, "rows": rows,
              "jobs": job_log, "table": text, "settings": settings, "failed": failed,
              "complete": complete, "total_s": time.perf_counter() - t_start}
-  staged = []
-  write_atomic(out_dir, f"{name}.json", json.dumps(results, indent=1, default=str), staged)
-  write_atomic(out_dir, f"{name}.md", markdown(name, results), staged)
-  for tmp, final in staged:
-    os.replace(tmp, final)
-  print(f"\nwrote {staged[0][1]} and {staged[1][1]} ({results['total_s']:.0f} s)")
+  json_path, md_path = (os.path.join(out_dir, name + ext) for ext in (".json", ".md"))
+  texts = json.dumps(results, indent=1, default=str), markdown(name, results)
+  # Both are written before either is renamed into place: a failed write replaces neither.
+  with atomic_path(json_path) as json_tmp, atomic_path(md_path) as md_tmp:
+    for tmp, text in zip((json_tmp, md_tmp), texts):
+      with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+  print(f"\nwrote {json_path} and {md_path} ({results['total_s']:.0f} s)")
   if not complete:
     why = f"failed: {', '.join(failed)}" if failed else f"--only={','.join(args.only)}"
     print(f"partial run ({why}): complete results, if any, were left as they were",

@@ -40,9 +40,8 @@ def rss_mib() -> float:
 
 def rated(seconds: dict, work: int, unit: str, **extra) -> dict:
   """A side's result: `seconds` per run of `work` units and the rate work / seconds."""
-  rate = {"median": work / seconds["median"], "min": work / seconds["max"],
-          "max": work / seconds["min"]}
-  return {"status": "ok", "work": work, "unit": unit, "seconds": seconds, "rate": rate, **extra}
+  return {"status": "ok", "work": work, "unit": unit, "seconds": seconds,
+          "rate": common.rate(work, seconds), **extra}
 
 
 def xla_stats(compiled, seconds: float | None = None) -> dict:
@@ -304,22 +303,31 @@ def occlusion_peer(cfg):
 
 # --- input pipeline -------------------------------------------------------------------------
 
+def _input_rate(icfg, **timing) -> dict:
+  """Images/s of `make_train_iterator(icfg)` host batches (`common.measure` with `timing`),
+  given a zero mean image so that no mean pass is timed."""
+  from zf_jax.data import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+  mean = np.zeros((icfg.resize_size, icfg.resize_size, 3), np.float32)
+  it = ip.make_train_iterator(icfg, process_index=0, process_count=1, mean=mean)
+  # Its tf.data threads stop when it is dropped, on return.
+  return common.measure(lambda: next(it), images=icfg.global_batch_size, **timing)
+
+
 def input_ours(cfg):
   """Both datasets in this process; each row's RSS is the process peak after that row."""
   import tempfile  # pylint: disable=g-import-not-at-top
-  from benchmarks import training  # pylint: disable=g-import-not-at-top
+  from benchmarks import datasets  # pylint: disable=g-import-not-at-top
   from zf_jax.data import input_pipeline as ip  # pylint: disable=g-import-not-at-top
   out = {}
   with tempfile.TemporaryDirectory(prefix="zf_bench_jpeg_") as tmp:
     for row in cfg["rows"]:
-      data_dir = tmp if row["dataset"] == training.JPEG_DATASET else cfg["data_dir"]
+      data_dir = tmp if row["dataset"] == datasets.JPEG_DATASET else cfg["data_dir"]
       try:
-        training.prepare(row["dataset"], data_dir)
+        datasets.prepare(row["dataset"], data_dir)
         icfg = ip.InputConfig(dataset=row["dataset"], data_dir=data_dir,
                               image_size=row["size"], resize_size=row["resize"],
                               global_batch_size=row["batch"], train_crops=row["crops"])
-        rate = training.input_rate(icfg, dict(warm=row["warm"], windows=cfg["repeats"],
-                                              min_s=row["min_s"]))
+        rate = _input_rate(icfg, warm=row["warm"], windows=cfg["repeats"], min_s=row["min_s"])
         seconds = {k: row["batch"] / rate[k] for k in ("median", "min", "max")}
         seconds["min"], seconds["max"] = seconds["max"], seconds["min"]
         out[row["key"]] = rated(seconds, row["batch"], "img", batch_rate=rate)

@@ -34,6 +34,12 @@ def summary(values) -> dict:
           "runs": values}
 
 
+def rate(work: float, seconds: dict) -> dict:
+  """{"median", "min", "max"} of work / seconds, for a `summary` of seconds per run."""
+  return {"median": work / seconds["median"], "min": work / seconds["max"],
+          "max": work / seconds["min"]}
+
+
 def timed(fn, repeats: int, *, per: int = 1, warm: int = 1) -> dict:
   """Seconds per call of `fn` (which must block until its work is done): `warm` calls first
   (compile), then `repeats` timed runs of `per` calls each; a `summary` of the runs' means."""
@@ -48,20 +54,17 @@ def timed(fn, repeats: int, *, per: int = 1, warm: int = 1) -> dict:
   return summary(times)
 
 
-def measure(work, *, images: int, warm: int, windows: int, per: int = 1, min_s: float = 0.0,
-            sync=lambda: None):
+def measure(work, *, images: int, warm: int, windows: int, min_s: float = 0.0) -> dict:
   """Images/s of `work` (each call worth `images`) over `windows` timed windows, each of at
-  least `per` calls and `min_s` seconds, after `warm` calls; `sync` ends every window."""
+  least one call and `min_s` seconds, after `warm` calls."""
   for _ in range(warm):
     work()
-  sync()
   rates = []
   for _ in range(windows):
     t, n = time.perf_counter(), 0
-    while n < per or time.perf_counter() - t < min_s:
+    while n < 1 or time.perf_counter() - t < min_s:
       work()
       n += 1
-    sync()
     rates.append(n * images / (time.perf_counter() - t))
   return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "n": windows}
 

@@ -1,7 +1,7 @@
 """Parity with the tools a researcher would otherwise pick: Captum on a PyTorch twin.
 
 Skipped unless torch and captum are installed (`pip install -e ".[compare]"`).
-The twin (benchmarks.analysis.torch_twin) is built from the same Arch and weights.
+The twin (benchmarks.common.torch_twin) is built from the same Arch and weights.
 """
 
 import jax
@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
 
-from benchmarks.analysis import torch_twin  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks.common import torch_twin  # noqa: E402  pylint: disable=wrong-import-position
 from zf_jax import arch as arch_lib  # noqa: E402  pylint: disable=wrong-import-position
 from zf_jax import deconv, model, occlusion  # noqa: E402  pylint: disable=wrong-import-position
 
