@@ -16,13 +16,14 @@ reconstruction path").
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from zf_jax import layers, model
-from zf_jax.arch import Arch, feature_shapes
+from zf_jax.arch import Arch, ConvSpec, feature_shapes
 from zf_jax.model import Params, Trace
 
 MODES = ("deconvnet", "backprop", "guided")
@@ -70,7 +71,8 @@ def project(params: Params, arch: Arch, trace: Trace, layer: int, selection: jax
                      f"activations {expected}")
   convs = [c for c in arch.convs if c.layer <= layer]
   # The forward relu masks, recomputed from the images (once per trace under vmap).
-  masks = model.conv_stack(params, trace.images, arch, layer)[3] if mode != "deconvnet" else {}
+  masks = (model.conv_stack(params, trace.images, arch, layer).relu_masks
+           if mode != "deconvnet" else {})
   signal = selection
   for i in reversed(range(len(convs))):
     c = convs[i]
@@ -109,17 +111,36 @@ def strongest(trace: Trace, layer: int, feature: int | jax.Array) -> jax.Array:
   return jnp.where(at_best & in_map, acts, jnp.zeros((), acts.dtype))
 
 
+class WindowStep(NamedTuple):
+  """One step of `project_units`' descent below a single unit (see `_walk`).
 
-def _walk(arch: Arch, layer: int, image_hw: tuple[int, int], row, col):
+  Every start and size is a (rows, columns) pair. Starts may be traced ints,
+  sizes are static: the geometry depends on the unit's place only, not on
+  any value.
+
+  kind: "unpool" or "conv" (the transposed conv).
+  spec: the layer's ConvSpec.
+  start, size: the window the step reads, in that layer's map.
+  out_start, out_size: where the step's full output begins in the map below
+    (possibly overhanging it) and how big it is.
+  new_start, new_size: that output cut back inside the map below (`_recut`).
+  padding: the op's padding ((lo, hi), (lo, hi)): the most the output overhangs.
+  """
+  kind: str
+  spec: ConvSpec
+  start: tuple
+  size: tuple[int, int]
+  out_start: tuple
+  out_size: tuple[int, int]
+  new_start: tuple
+  new_size: tuple[int, int]
+  padding: tuple[tuple[int, int], tuple[int, int]]
+
+
+def _walk(arch: Arch, layer: int, image_hw: tuple[int, int], row, col) -> list[WindowStep]:
   """The windows `project_units` descends through, for the unit at (row, col) of `layer`.
 
-  Returns a list of steps from the top down, each a dict: "kind" ("unpool"
-  or "conv": the transposed conv), "spec" (the layer's ConvSpec), "start",
-  "size": the window it reads (rows and columns, in that layer's map), and
-  "out_start" (where its full output, "out_size" big, begins in the map
-  below, possibly overhanging it), "new_start", "new_size": that output cut
-  back inside the map below (`_recut`). Starts are traced ints, sizes
-  static: the geometry depends on the unit's place only, not on any value.
+  Returns the steps from the top down (see `WindowStep`).
   """
   shapes = feature_shapes(arch)
   convs = [c for c in arch.convs if c.layer <= layer]
@@ -131,8 +152,9 @@ def _walk(arch: Arch, layer: int, image_hw: tuple[int, int], row, col):
     out_size = tuple((size[a] - 1) * stride + k for a in range(2))
     new_size = tuple(min(out_size[a], below[a]) for a in range(2))
     new_start = tuple(jnp.clip(out_start[a], 0, below[a] - new_size[a]) for a in range(2))
-    steps.append(dict(kind=kind, spec=spec, start=start, size=size, out_start=out_start,
-                      out_size=out_size, new_start=new_start, new_size=new_size, padding=pad))
+    steps.append(WindowStep(kind=kind, spec=spec, start=start, size=size, out_start=out_start,
+                            out_size=out_size, new_start=new_start, new_size=new_size,
+                            padding=pad))
     start, size = new_start, new_size
 
   for i in reversed(range(len(convs))):
@@ -145,13 +167,13 @@ def _walk(arch: Arch, layer: int, image_hw: tuple[int, int], row, col):
   return steps
 
 
-def _recut(full: jax.Array, step: dict) -> jax.Array:
+def _recut(full: jax.Array, step: WindowStep) -> jax.Array:
   """A step's full output (overhanging the map below by at most its padding) cut to its
   window inside the map, zeros where the output has none."""
-  margin = [max(lo, hi) for lo, hi in step["padding"]]
+  margin = [max(lo, hi) for lo, hi in step.padding]
   full = jnp.pad(full, ((margin[0], margin[0]), (margin[1], margin[1]), (0, 0)))
-  at = [step["new_start"][a] - step["out_start"][a] + margin[a] for a in range(2)]
-  return lax.dynamic_slice(full, (at[0], at[1], 0), step["new_size"] + full.shape[2:])
+  at = [step.new_start[a] - step.out_start[a] + margin[a] for a in range(2)]
+  return lax.dynamic_slice(full, (at[0], at[1], 0), step.new_size + full.shape[2:])
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "layer", "mode", "chunk"))
@@ -179,7 +201,8 @@ def project_units(params: Params, arch: Arch, trace: Trace, layer: int,
   if chunk < 1:
     raise ValueError(f"chunk must be >= 1, got {chunk}")
   units = tuple(jnp.asarray(u, jnp.int32) for u in units)
-  masks = model.conv_stack(params, trace.images, arch, layer)[3] if mode != "deconvnet" else {}
+  masks = (model.conv_stack(params, trace.images, arch, layer).relu_masks
+           if mode != "deconvnet" else {})
   acts = trace.activations[layer]
   hw = trace.images.shape[1:3]
 
@@ -188,14 +211,14 @@ def project_units(params: Params, arch: Arch, trace: Trace, layer: int,
     n, r, c, f = unit
     read = []
     for st in _walk(arch, layer, hw, r, c):
-      layer_ = st["spec"].layer
-      if st["kind"] == "unpool":
+      layer_ = st.spec.layer
+      if st.kind == "unpool":
         index = trace.switches[layer_].index
-        read.append(lax.dynamic_slice(index, (n, *st["start"], 0),
-                                      (1, *st["size"], index.shape[-1]))[0])
+        read.append(lax.dynamic_slice(index, (n, *st.start, 0),
+                                      (1, *st.size, index.shape[-1]))[0])
       elif mode != "deconvnet":
         m = masks[layer_]
-        read.append(lax.dynamic_slice(m, (n, *st["start"], 0), (1, *st["size"], m.shape[-1]))[0])
+        read.append(lax.dynamic_slice(m, (n, *st.start, 0), (1, *st.size, m.shape[-1]))[0])
     return acts[n, r, c, f], read
 
   # A loop of its own, so that the gathers are materialised rather than fused
@@ -208,11 +231,11 @@ def project_units(params: Params, arch: Arch, trace: Trace, layer: int,
     signal = jnp.where(jnp.arange(acts.shape[-1]) == f, value, jnp.zeros((), acts.dtype))
     signal = signal.reshape(1, 1, -1)
     for st in _walk(arch, layer, hw, r, c):
-      spec = st["spec"]
-      if st["kind"] == "unpool":
+      spec = st.spec
+      if st.kind == "unpool":
         local = layers.Switches(index=next(read), window=spec.pool.window,
                                 stride=spec.pool.stride, padding=((0, 0), (0, 0)),
-                                input_hw=st["out_size"])
+                                input_hw=st.out_size)
         signal = _recut(layers.unpool(signal, local), st)
         continue
       if mode in ("deconvnet", "guided"):
@@ -221,9 +244,9 @@ def project_units(params: Params, arch: Arch, trace: Trace, layer: int,
         signal = jnp.where(next(read), signal, jnp.zeros((), signal.dtype))
       w = params[f"conv{spec.layer}"]["w"]
       full = layers.conv_transpose(signal[None], w, spec.stride, ((0, 0), (0, 0)),
-                                   (1, *st["out_size"], w.shape[2]))[0]
+                                   (1, *st.out_size, w.shape[2]))[0]
       signal = _recut(full, st)
     canvas = jnp.zeros(trace.images.shape[1:], signal.dtype)
-    return lax.dynamic_update_slice(canvas, signal, (*st["new_start"], 0))
+    return lax.dynamic_update_slice(canvas, signal, (*st.new_start, 0))
 
   return lax.map(descend, (units, values, reads), batch_size=chunk)

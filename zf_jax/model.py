@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,11 +84,53 @@ def init(rng: jax.Array, arch: Arch, *, scheme: str = "paper") -> Params:
   return params
 
 
-def conv_layer(params: Params, x: jax.Array, c) -> tuple[jax.Array, ...]:
+class ConvLayerOut(NamedTuple):
+  """What one conv layer computes (Fig. 3), stage by stage; a pytree (passes through jit, vmap).
+
+  conv: the conv output z, before the relu.
+  rectified: relu(z).
+  pooled: after the max pool (`rectified` itself without one): the maps the
+    deconvnet starts from (`Trace.activations`).
+  switches: the pool's `Switches`, None without a pool.
+  output: after the LRN (`pooled` itself without one): the next layer's input.
+  """
+  conv: jax.Array
+  rectified: jax.Array
+  pooled: jax.Array
+  switches: layers.Switches | None
+  output: jax.Array
+
+
+class ConvStackOut(NamedTuple):
+  """What conv layers 1..top compute (Fig. 3); a pytree, keyed by paper layer number.
+
+  output: the last layer's output, after its LRN (the fully connected head's input).
+  activations: {l: after relu and pool, before LRN}.
+  switches: {l: Switches} of the layers that pool.
+  relu_masks: {l: conv output > 0} (the forward relu's mask, for `deconv`'s
+    "backprop" and "guided" modes).
+  """
+  output: jax.Array
+  activations: dict[int, jax.Array]
+  switches: dict[int, layers.Switches]
+  relu_masks: dict[int, jax.Array]
+
+
+class FullyConnectedOut(NamedTuple):
+  """What the fully connected head computes (Fig. 3's layers 6, 7 and 8); a pytree.
+
+  logits: (N, C), the softmax layer 8's input.
+  hidden: {layer: (N, D) output after relu (and dropout when training)} for
+    the hidden layers present (6 and 7 unless ablated).
+  """
+  logits: jax.Array
+  hidden: dict[int, jax.Array]
+
+
+def conv_layer(params: Params, x: jax.Array, c) -> ConvLayerOut:
   """One conv layer of Fig. 3 (Section 2), conv -> relu -> [max pool] -> [LRN], on NHWC `x`.
 
-  Returns (conv output z, relu(z), after the pool (relu(z) without one), its
-  Switches (None without a pool), after the LRN (the next layer's input)).
+  `c` is the layer's `ConvSpec`. Returns every stage, see `ConvLayerOut`.
   """
   p = params[f"conv{c.layer}"]
   z = layers.conv2d(x, p["w"], p["b"], c.stride, c.padding)
@@ -98,27 +141,30 @@ def conv_layer(params: Params, x: jax.Array, c) -> tuple[jax.Array, ...]:
   out = pooled
   if c.norm is not None:
     out = layers.lrn(pooled, c.norm.size, c.norm.alpha, c.norm.beta, c.norm.k)
-  return z, r, pooled, switches, out
+  return ConvLayerOut(conv=z, rectified=r, pooled=pooled, switches=switches, output=out)
 
 
-def conv_stack(params: Params, images: jax.Array, arch: Arch, top: int | None = None):
+def conv_stack(params: Params, images: jax.Array, arch: Arch, top: int | None = None
+               ) -> ConvStackOut:
   """The conv layers 1..`top` (all by default): conv -> relu -> [max pool] -> [LRN] (Fig. 3).
 
   Returns:
-    (output of the last layer run, after its LRN; activations {l: after pool,
-    before LRN}; switches {l: Switches}; relu masks {l: conv output > 0}).
-    Unused parts cost nothing under jit.
+    A `ConvStackOut`: the last layer's output after its LRN and, per layer,
+    activations, switches and relu masks. Unused parts cost nothing under jit.
   """
   x = images
-  activations, switches, positive = {}, {}, {}
+  activations, switches, relu_masks = {}, {}, {}
   for c in arch.convs:
     if top is not None and c.layer > top:
       break
-    z, _, activations[c.layer], sw, x = conv_layer(params, x, c)
-    positive[c.layer] = z > 0
-    if sw is not None:
-      switches[c.layer] = sw
-  return x, activations, switches, positive
+    out = conv_layer(params, x, c)
+    x = out.output
+    activations[c.layer] = out.pooled
+    relu_masks[c.layer] = out.conv > 0
+    if out.switches is not None:
+      switches[c.layer] = out.switches
+  return ConvStackOut(output=x, activations=activations, switches=switches,
+                      relu_masks=relu_masks)
 
 
 def _dropout(x, rate, rng):
@@ -151,15 +197,26 @@ def apply(params: Params, images: jax.Array, arch: Arch, *, train: bool = False,
   if dropout and rng is None:
     raise ValueError("apply(train=True) needs rng= (a jax.random.key) for dropout")
 
-  x, activations, switches, _ = conv_stack(params, images, arch)
-  logits, _ = _fully_connected(params, x, arch, rng if dropout else None)
-  return logits, Trace(images=images, activations=activations, switches=switches)
+  convs = conv_stack(params, images, arch)
+  logits = fully_connected(params, convs.output, arch, rng if dropout else None).logits
+  return logits, Trace(images=images, activations=convs.activations, switches=convs.switches)
 
 
-def _fully_connected(params: Params, x: jax.Array, arch: Arch, dropout_rng=None):
-  """Layers 6, 7 (relu, dropout when `dropout_rng`) and 8 on the top conv output.
+def fully_connected(params: Params, x: jax.Array, arch: Arch,
+                    dropout_rng: jax.Array | None = None) -> FullyConnectedOut:
+  """The fully connected head of Fig. 3: layers 6 and 7 (relu) and the softmax layer 8.
 
-  Returns (logits, {layer: output after relu (and dropout)} for 6 and 7).
+  Args:
+    params: the model's parameters ("fc6", "fc7" (those present), "fc8").
+    x: (N, H, W, C) the top conv layer's output after its LRN (`conv_stack`'s
+      `output`); flattened in NHWC order, as the first fc layer's weights read it.
+    arch: the architecture (its `fcs`: the hidden layers an ablation kept).
+    dropout_rng: a `jax.random.key` to apply dropout at rate `arch.dropout`
+      to the hidden layers (training, Section 3); None: no dropout.
+
+  Returns:
+    A `FullyConnectedOut`: the logits (layer 8 before its softmax) and the
+    hidden layers' outputs.
   """
   x = x.reshape(x.shape[0], -1)
   hidden = {}
@@ -169,7 +226,7 @@ def _fully_connected(params: Params, x: jax.Array, arch: Arch, dropout_rng=None)
     if dropout_rng is not None:
       x = _dropout(x, arch.dropout, jax.random.fold_in(dropout_rng, f.layer))
     hidden[f.layer] = x
-  return x @ params["fc8"]["w"] + params["fc8"]["b"], hidden
+  return FullyConnectedOut(logits=x @ params["fc8"]["w"] + params["fc8"]["b"], hidden=hidden)
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "which"))
@@ -187,8 +244,9 @@ def features(params: Params, images: jax.Array, arch: Arch, which: tuple[int, ..
   bad = [l for l in which if l not in valid]
   if bad:
     raise ValueError(f"arch {arch.name!r} has no layer {bad[0]}; choose among {sorted(valid)}")
-  x, activations, _, _ = conv_stack(params, images, arch)
-  logits, out = _fully_connected(params, x, arch)
-  out.update({l: a.reshape(images.shape[0], -1) for l, a in activations.items()})
-  out[8] = logits
+  convs = conv_stack(params, images, arch)
+  head = fully_connected(params, convs.output, arch)
+  out = dict(head.hidden)
+  out.update({l: a.reshape(images.shape[0], -1) for l, a in convs.activations.items()})
+  out[8] = head.logits
   return {l: out[l] for l in which}

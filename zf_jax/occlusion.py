@@ -137,11 +137,11 @@ def _windows(arch: Arch, starts: np.ndarray, patch: int):
 
 
 def _clean_maps(params, arch: Arch, image, upto: int):
-  """An image's maps of conv layers 1..`upto`: [(relu(conv), pooled, after LRN)]."""
+  """An image's maps of conv layers 1..`upto`: a `model.ConvLayerOut` per layer."""
   x, maps = image, []
   for c in arch.convs[:upto]:
-    _, r, pooled, _, x = model.conv_layer(params, x, c)
-    maps.append((r, pooled, x))
+    maps.append(model.conv_layer(params, x, c))
+    x = maps[-1].output
   return maps
 
 
@@ -169,7 +169,7 @@ def _forward_from_window(params, arch: Arch, occluded, clean, plan, rows, cols):
     r0, c0 = rows[l][0], cols[l][0]
     span = (n - 1) * c.stride + c.kernel
     window = _cut(_pad(x, c.padding), r0 * c.stride, c0 * c.stride, (span, span))
-    r = _paste(clean[l][0], layers.relu(layers.conv2d(window, p["w"], p["b"], c.stride,
+    r = _paste(clean[l].rectified, layers.relu(layers.conv2d(window, p["w"], p["b"], c.stride,
                                                       ((0, 0), (0, 0)))), r0, c0)
     if pool is None:
       m, pooled = n, r
@@ -179,17 +179,17 @@ def _forward_from_window(params, arch: Arch, occluded, clean, plan, rows, cols):
       span = (m - 1) * c.pool.stride + c.pool.window
       window = _cut(_pad(r, c.pool.padding, -jnp.inf), r0 * c.pool.stride, c0 * c.pool.stride,
                     (span, span))
-      pooled = _paste(clean[l][1], layers.max_pool(window, c.pool.window, c.pool.stride,
+      pooled = _paste(clean[l].pooled, layers.max_pool(window, c.pool.window, c.pool.stride,
                                                    ((0, 0), (0, 0)))[0], r0, c0)
     x = pooled
     if c.norm is not None:
-      x = _paste(clean[l][2], layers.lrn(_cut(pooled, r0, c0, (m, m)), c.norm.size,
+      x = _paste(clean[l].output, layers.lrn(_cut(pooled, r0, c0, (m, m)), c.norm.size,
                                          c.norm.alpha, c.norm.beta, c.norm.k), r0, c0)
   top = pooled if plan else None
   for c in arch.convs[len(plan):]:
-    _, _, top, _, x = model.conv_layer(params, x, c)
-  logits, _ = model._fully_connected(params, x, arch)  # pylint: disable=protected-access
-  return logits, top
+    out = model.conv_layer(params, x, c)
+    top, x = out.pooled, out.output
+  return model.fully_connected(params, x, arch).logits, top
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "patch", "stride", "chunk"))
@@ -204,9 +204,8 @@ def _occlusion(params, arch, image, label, patch, stride, fill, chunk):
   # The unoccluded image: every layer's maps (the occluded passes paste into
   # them), its top-layer activations and logits.
   clean = _clean_maps(params, arch, image[None], len(arch.convs))
-  top0 = clean[-1][1]
-  # pylint: disable-next=protected-access
-  logits0, _ = model._fully_connected(params, clean[-1][2], arch)
+  top0 = clean[-1].pooled
+  logits0 = model.fully_connected(params, clean[-1].output, arch).logits
   feature = (jnp.argmax(top0[0].reshape(-1)) % top0.shape[-1]).astype(jnp.int32)
   p0, _, a0 = measure(logits0, top0, feature)
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zf_jax import model
+from zf_jax import chunks, model
 from zf_jax.arch import Arch
 
 KINDS = ("translate", "scale", "rotate")
@@ -217,8 +217,7 @@ def invariance_curves(params: model.Params, arch: Arch, images, labels, *, kind:
 
   # Fixed-size chunks (identity first, padded with identities): one compilation for all.
   chunk = max(min(batch_size - 1, num), 1)
-  padded = np.full(-(-num // chunk) * chunk, IDENTITY[kind], np.float32)
-  padded[:num] = amounts
+  padded = chunks.pad_to(amounts, -(-num // chunk) * chunk, fill=IDENTITY[kind])
   a, t = jax.vmap(functools.partial(inverse_map, kind))(jnp.asarray(padded))
   a0, t0 = inverse_map(kind, IDENTITY[kind])
   distance = {l: np.zeros((n, num), np.float32) for l in layers}

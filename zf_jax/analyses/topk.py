@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from zf_jax import deconv, model
+from zf_jax import chunks, deconv, model
 from zf_jax.arch import Arch, receptive_field
 from zf_jax.model import Params
 
@@ -92,7 +92,7 @@ def update(state: TopK, params: Params, arch: Arch, images: jax.Array, index: ja
     batch's per-image maxima (old entries first on ties).
   """
   layers = state.layers
-  _, acts, _, _ = model.conv_stack(params, images, arch, top=max(layers))
+  acts = model.conv_stack(params, images, arch, top=max(layers)).activations
   valid = jnp.ones(images.shape[:1], bool) if valid is None else valid.astype(bool)
   out = {f: {} for f in ("value", "index", "row", "col")}
   for l in layers:
@@ -155,18 +155,16 @@ def project_top(params: Params, arch: Arch, state: TopK, layer: int, maps: Seque
   """
   if layer not in state.value:
     raise ValueError(f"layer {layer} was not tracked; the TopK holds layers {list(state.layers)}")
+  if chunk < 1:
+    raise ValueError(f"chunk must be >= 1, got {chunk}")
   maps = np.asarray(maps, np.int32)
   rows, cols = np.asarray(state.row[layer])[maps], np.asarray(state.col[layer])[maps]
   empty = np.asarray(state.index[layer])[maps] < 0
-  size = min(chunk, len(maps))  # Every call has this many maps: one compile.
-
-  def fill(x, n):  # The last chunk repeats its last map up to `size`.
-    return np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)]) if n < size else x
-
+  size = max(min(chunk, len(maps)), 1)  # Every call has this many maps: one compile.
   out = []
-  for lo in range(0, len(maps), chunk):
-    n = min(chunk, len(maps) - lo)
-    part = [jnp.asarray(fill(x[lo:lo + n], n)) for x in (images, rows, cols, maps)]
+  # The last chunk repeats its last map up to `size`.
+  for part, n in chunks.padded_chunks((images, rows, cols, maps), size, fill=chunks.EDGE):
+    part = [jnp.asarray(x) for x in part]
     out.append(np.asarray(_project_maps(params, arch, layer, *part, mode))[:n])
   proj = np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.float32)
   proj[empty] = 0.0
