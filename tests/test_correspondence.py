@@ -14,7 +14,7 @@ import pytest
 from zf_jax import arch as arch_lib
 from zf_jax import model
 from zf_jax.analyses import correspondence
-from zf_jax.report import page
+from zf_jax.report import page, table1
 
 TINY = arch_lib.get("zfnet_tiny")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,7 +217,7 @@ def test_analyse_and_table1_on_a_tiny_model(params):
     assert result["parts"]["nose"][l]["mean"] == pytest.approx(
         _delta_by_the_formula(eps[l]) / (2 * eps[l].shape[1]))
     assert 0 <= result["random"][l]["mean"] <= 1
-  markdown, table = correspondence.table1(result, parts, dataset="d", split="test")
+  markdown, table = table1.render(result, parts, dataset="d", split="test")
   assert "NOT ImageNet" in markdown
   assert "| Right Eye | 0.067 ± 0.007 | 0.069 ± 0.015 |" in markdown
   assert "| Random (4 draws) |" in markdown

@@ -214,7 +214,7 @@ def test_binary_writes_figure_table_and_report_section(fashion_run, tmp_path):
   for kind, k in (("translate", 2), ("scale", 0), ("rotate", 0), ("rotate", 4)):
     for layer in ("1", "7"):
       assert np.asarray(table["kinds"][kind]["distance"][layer])[:, k] == pytest.approx(0, abs=1e-3)
-  assert os.path.exists(os.path.join(tables, "fig5_invariance.md"))
+  assert os.path.exists(os.path.join(table_dir, "fig5_invariance.md"))
   section = next(s for s in page.sections(workdir) if s["key"] == "fig5")
   assert section["figures"] == ["figures/fig5_invariance.png"]
   assert section["tables"] == ["fig5_invariance"]

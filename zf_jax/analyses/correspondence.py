@@ -37,6 +37,9 @@ Sign Change", suggests):
 Part boxes come from a JSON "parts file" (see `parse_parts`); a built-in one
 (`builtin_parts`) covers the embedded Fashion-MNIST: 5 frontal T-shirts, with
 the two sleeves and the neck in the role of the eyes and the nose.
+
+Numbers only: `zf_jax.report.table1` lays them out as Table 1 (Markdown and
+JSON, beside `PAPER_TABLE1`) and draws Fig. 8.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import functools
 import importlib.resources
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -54,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from zf_jax import model
+from zf_jax import chunks, model
 from zf_jax.arch import Arch
 
 IMAGENET = "imagenet2012"
@@ -186,11 +189,8 @@ def feature_differences(params, arch: Arch, images: np.ndarray, masks: np.ndarra
   k, n = masks.shape[:2]
   chunk = max(1, min(k, batch_size // n - 1))  # (chunk + 1) n images per pass.
   out: dict[int, list[np.ndarray]] = {l: [] for l in layers}
-  for lo in range(0, k, chunk):
-    part = masks[lo:lo + chunk]
-    got = len(part)
-    if got < chunk:  # Pad with no-op maskings: one shape, one compilation.
-      part = np.concatenate([part, np.zeros((chunk - got,) + part.shape[1:], bool)])
+  # The last chunk is padded with no-op maskings (all False): one shape, one compilation.
+  for part, got in chunks.padded_chunks(masks, chunk, fill=False):
     eps = _differences(params, images, part, np.float32(fill), arch, layers)
     for l in layers:
       out[l].append(np.asarray(eps[l])[:got])
@@ -463,81 +463,3 @@ def analyse(params, arch: Arch, images: np.ndarray, parts: PartBoxes, *, num_ran
                            "std_over_draws": float(np.std(rand.normalised))}
   return result
 
-
-NOTES = (
-    "Mean feature sign change = Delta_l / (N (N-1) D_l): the paper's Delta_l = sum over image "
-    "pairs i != j of the Hamming distance between sign(eps_i) and sign(eps_j), as a fraction "
-    "of the feature length D_l, averaged over the pairs. The raw Delta_l is in the JSON.",
-    "± is the std over the image pairs (named parts) and over the pairs of all random draws "
-    "pooled (random); the JSON also has the std of the per-draw means.",
-    "Random: in each draw every image gets its own randomly placed box of the same size as one "
-    "of the named parts' boxes (draws cycle through the parts), inside the image's object box.",
-    "Masks are filled with 0, the mean pixel (grey) of the preprocessed images.",
-)
-
-
-def _pm(stats: Mapping[str, float]) -> str:
-  return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
-
-
-def table1(result: Mapping[str, Any], parts: PartBoxes, *, dataset: str, split: str,
-           class_name: str | None = None) -> tuple[str, dict[str, Any]]:
-  """Table 1 (Section 4.3) as Markdown and JSON: our parts and random parts beside the paper's rows.
-
-  Returns:
-    (markdown, json_obj); json_obj = {"table", "title", "dataset", "split",
-    "imagenet", "indices", "layers", "dims", "paper", "ours", "notes"}.
-  """
-  layers = list(result["layers"])
-  is_imagenet = dataset == IMAGENET
-  ours = [{"occlusion": p, "kind": "part", "boxes": parts.boxes[p].tolist(),
-           "layers": {str(l): result["parts"][p][l] for l in layers}} for p in parts.names]
-  ours.append({"occlusion": "Random", "kind": "random", "draws": result["num_random"],
-               "boxes": np.asarray(result["random_boxes"]).tolist(),
-               "layers": {str(l): result["random"][l] for l in layers}})
-  paper = [{"occlusion": name, "layers": {str(l): {"mean": m, "std": s}
-                                          for l, (m, s) in rows.items()}}
-           for name, rows in PAPER_TABLE1]
-  notes = list(NOTES)
-  if not is_imagenet:
-    notes.insert(0, f"NOT ImageNet: our rows are {dataset} ({split} split) with its own parts; "
-                    "the paper's numbers are for ImageNet dog faces and are not comparable.")
-  json_obj = {"table": "Table 1", "title": PAPER_TITLE, "dataset": dataset, "split": split,
-              "imagenet": is_imagenet, "class": class_name, "indices": list(parts.indices),
-              "layers": layers, "dims": {str(l): d for l, d in result["dims"].items()},
-              "paper": paper, "ours": ours, "notes": notes}
-
-  def header(first):
-    cells = [first] + [f"Mean feature sign change, layer {l}" for l in layers]
-    return ["| " + " | ".join(cells) + " |", "|---|" + "---:|" * len(layers)]
-
-  lines = [f"# Table 1: {PAPER_TITLE}", ""]
-  if not is_imagenet:
-    lines += [f"> **NOT ImageNet.** Our rows are **{dataset}** parts, not ImageNet dog faces: "
-              "the paper's numbers below are not comparable with them.", ""]
-  what = f" of class {class_name}" if class_name else ""
-  lines += [f"## Ours: {dataset}, {split} split, {len(parts.indices)} images{what} "
-            f"(indices {', '.join(map(str, parts.indices))})", ""]
-  lines += header("Occlusion location")
-  for row in ours:
-    label = (f"Random ({row['draws']} draws)" if row["kind"] == "random"
-             else row["occlusion"].replace("|", "\\|"))
-    lines.append("| " + " | ".join([label] + [_pm(row["layers"][str(l)]) for l in layers])
-                 + " |")
-  dims = ", ".join(f"D_{l} = {result['dims'][l]}" for l in layers)
-  lines += ["", f"Raw Delta_l (sum over ordered pairs i != j; {dims}; random: mean over draws):",
-            "", "| Occlusion location | " + " | ".join(f"Delta_{l}" for l in layers) + " |",
-            "|---|" + "---:|" * len(layers)]
-  for row in ours:
-    lines.append("| " + " | ".join([row["occlusion"].replace("|", "\\|")] + [
-        f"{row['layers'][str(l)]['delta']:g}" for l in layers]) + " |")
-  paper_layers = [l for l in layers if l in (5, 7)]
-  if paper_layers:
-    lines += ["", "## Paper: Zeiler & Fergus (2014), Table 1, 5 ImageNet dog images", ""]
-    cells = ["Occlusion Location"] + [f"Mean Feature Sign Change Layer {l}" for l in paper_layers]
-    lines += ["| " + " | ".join(cells) + " |", "|---|" + "---:|" * len(paper_layers)]
-    for name, rows in PAPER_TABLE1:
-      lines.append("| " + " | ".join([name] + [f"{rows[l][0]:.3f} ± {rows[l][1]:.3f}"
-                                               for l in paper_layers]) + " |")
-  lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-  return "\n".join(lines) + "\n", json_obj
