@@ -1,13 +1,18 @@
-"""What every experiment binary shares: quiet TensorFlow, one-line errors.
+"""What every experiment binary shares: quiet TensorFlow, one-line errors, shipped flagfiles.
 
 `run(main)` is `absl.app.run(main)` where a bad flag, a missing flagfile or
 a configuration error (ValueError, FileNotFoundError, ...) ends the program
 with one line on stderr saying what is wrong and exit status 2 (1 for a run
 that failed), never a traceback.
+
+`--flagfile=zfnet.flags` finds the flagfiles shipped in experiments/flagfiles/
+by bare name, from any folder; a path to any other flagfile works as usual.
 """
 
 import os
 import sys
+
+FLAGFILES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flagfiles")
 
 # TensorFlow (tf.data only) prints its C++ start-up chatter unless told not to
 # (zf_jax.data.input_pipeline says why oneDNN is off too).
@@ -38,9 +43,39 @@ def numbers(name: str, values, kind=int) -> tuple:
     raise ValueError(f"--{name} takes comma-separated {what}, got {','.join(values)}") from None
 
 
+def shipped_flagfiles() -> list[str]:
+  """Names of the flagfiles shipped with the project (experiments/flagfiles/)."""
+  return sorted(f for f in os.listdir(FLAGFILES_DIR) if f.endswith(".flags"))
+
+
+def _flagfile(name: str) -> str:
+  """`name` if it is a file, else the shipped flagfile of that name (".flags" optional)."""
+  if os.path.isfile(name):
+    return name
+  base = os.path.basename(name)
+  for candidate in (base, base + ".flags"):
+    if os.path.isfile(os.path.join(FLAGFILES_DIR, candidate)):
+      return os.path.join(FLAGFILES_DIR, candidate)
+  fail(f"no flagfile {name}: give a path to one, or one of the shipped flagfiles: "
+       f"{', '.join(shipped_flagfiles())}")
+
+
+def resolve_flagfiles(argv: list[str]) -> list[str]:
+  """argv with every --flagfile=NAME pointing at a file (see `_flagfile`)."""
+  out, it = [], iter(argv)
+  for arg in it:
+    if arg.startswith(("--flagfile=", "-flagfile=")):
+      key, _, value = arg.partition("=")
+      arg = f"{key}={_flagfile(value)}"
+    elif arg in ("--flagfile", "-flagfile"):
+      arg = f"--flagfile={_flagfile(next(it, ''))}"
+    out.append(arg)
+  return out
+
+
 def _parse(argv):
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(resolve_flagfiles(argv))
   except flags.Error as e:
     fail(f"{str(e).removeprefix('ERROR:: ')} (see --helpshort)")
 

@@ -14,6 +14,7 @@ from experiments import cli, common
 from zf_jax import deconv
 from zf_jax.report import visualize
 
+common.define_flags()
 flags.DEFINE_list("layers", [], "Conv layers to show (default: all).")
 flags.DEFINE_integer("maps_per_layer", 16, "Maps per layer, chosen at random; 0: all of them.",
                      lower_bound=0)

@@ -10,9 +10,10 @@ Writes figures/fig4_evolution.png and the report section.
 
 from absl import flags
 
-from experiments import cli, common  # noqa: F401  (common defines the shared flags)
+from experiments import cli, common
 from zf_jax.report import visualize
 
+common.define_flags()
 flags.DEFINE_list("steps", [], "Checkpoint steps (default: every checkpoint kept).")
 flags.DEFINE_list("layers", [], "Conv layers (default: all).")
 flags.DEFINE_integer("maps_per_layer", 4, "Maps per layer, chosen at random.", lower_bound=1)

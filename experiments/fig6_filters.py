@@ -15,6 +15,7 @@ from experiments import cli, common
 from zf_jax.analyses import source
 from zf_jax.report import visualize
 
+common.define_flags()
 flags.DEFINE_list("compare", [], "Other run workdirs shown beside --workdir.")
 flags.DEFINE_integer("layer2_maps", 0, "Also show layer-2 top-9 projections of this many maps "
                      "of every run (0: filters only).", lower_bound=0)

@@ -14,6 +14,7 @@ from experiments import cli, common
 from zf_jax.analyses import source
 from zf_jax.report import visualize
 
+common.define_flags()
 flags.DEFINE_list("indices", [], "Example indices of the split (default: one per class, "
                   "--num_images of them).")
 flags.DEFINE_integer("num_images", 4, "Images when --indices is not given.", lower_bound=1)

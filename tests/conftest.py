@@ -1,4 +1,7 @@
-"""Session fixtures shared by the analysis and quickstart tests.
+"""What the tests share: the repository, running a binary as a user does, session fixtures.
+
+`run_module("experiments.fig2_top9", "--workdir=...")` runs a binary in a
+fresh process from the repository root, as README's commands do.
 
 `fashion_data_dir`: a fresh tfds data_dir with Debian's Fashion-MNIST prepared
 (skips without the Debian files). `fashion_run`: a workdir holding a
@@ -8,6 +11,8 @@ trained once per session.
 """
 
 import os
+import subprocess
+import sys
 
 import pytest
 import tensorflow_datasets as tfds
@@ -15,6 +20,35 @@ import tensorflow_datasets as tfds
 from zf_jax.data import datasets
 from zf_jax.runs import trainer
 from zf_jax.train import TrainConfig
+from zf_jax.runs.config import RunConfig
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS_DIR)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+  """The environment of a test's child process: JAX on the CPU (one device unless `extra`
+  sets XLA_FLAGS), unbuffered, the repository and tests/ (tiny_dataset) importable first."""
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  env["PYTHONPATH"] = os.pathsep.join(
+      [REPO, TESTS_DIR] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+  env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+  env.update(extra)
+  return env
+
+
+def run_python(*args: str, cwd: str = REPO, env: dict | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+  """`python *args` in a fresh process (`child_env` plus `env`); output as text, never raises."""
+  return subprocess.run([sys.executable, *args], cwd=cwd, env=child_env(**(env or {})),
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def run_module(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+  """`python -m module *args`, as README's commands run a binary (see `run_python`)."""
+  return run_python("-m", module, *args, **kwargs)
+
 
 HAVE_DEBIAN_FILES = all(
     os.path.isfile(os.path.join(datasets.DEFAULT_DIR, name))
@@ -36,12 +70,12 @@ def _fashion_data_dir(tmp_path_factory):
   return data_dir
 
 
-def fashion_run_config(data_dir: str, **overrides) -> trainer.RunConfig:
+def fashion_run_config(data_dir: str, **overrides) -> RunConfig:
   """The small recipe of `fashion_run`: zfnet_tiny, He init, random crops and flips."""
   # No dropout: its 32-unit fc layers would halve the accuracy of so short a run.
   train = TrainConfig(batch_size=64, learning_rate=0.05, dropout=0.0, init_scheme="he",
                       lr_schedule="constant", first_layer_lr_scale=1 / 64**2)
-  return trainer.RunConfig(**{
+  return RunConfig(**{
       "arch": "zfnet_tiny", "dataset": datasets.EMBEDDED_DATASET, "data_dir": data_dir,
       "train_crops": "random", "num_steps": FASHION_RUN_STEPS, "train": train,
       "eval_every_epochs": 0, "final_eval_crops": ("center",), "log_every": 100,

@@ -7,12 +7,11 @@ cores. With torch and captum installed, one more smoke run with the peers.
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_module
+
 ROWS_WITH_PEERS = ("train_b8", "deconv_l5", "deconv_l2", "occlusion")
 ROWS = ROWS_WITH_PEERS + ("input_fashion", "input_jpeg")
 HINT = 'not installed (pip install -e ".[compare]")'
@@ -20,9 +19,7 @@ SMOKE_MAPS, SMOKE_IMAGES = 4, 2
 
 
 def bench(*args, no_peers=False):
-  env = {**os.environ, "ZF_BENCH_NO_PEERS": "1" if no_peers else "0"}
-  return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600, check=False)
+  return run_module("benchmarks", *args, env={"ZF_BENCH_NO_PEERS": "1" if no_peers else "0"})
 
 
 def results(out_dir):

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -15,9 +11,9 @@ import optax
 import pytest
 from flax import struct
 
+from conftest import run_python
 from zf_jax.runs.checkpoint import Checkpointer
 
-_REPO = pathlib.Path(__file__).resolve().parents[1]
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
@@ -129,12 +125,6 @@ def test_latest_step_survives_restart(tmp_path):
     assert reopened.latest_step() == 30
 
 
-def test_save_with_force_false_follows_the_policy(tmp_path):
-  with Checkpointer(tmp_path, save_interval_steps=5, keep_steps={7}) as ckpt:
-    saved = [s for s in range(1, 11) if ckpt.save(s, _state(), {}, force=False)]
-  assert saved == [5, 7, 10]
-
-
 _KILLED_SAVE = """
 import os, sys, jax, jax.numpy as jnp
 from zf_jax.runs.checkpoint import Checkpointer
@@ -147,9 +137,8 @@ os._exit(0)  # like SIGKILL: no finalize, no atexit
 
 
 def test_interrupted_save_leaves_previous_step_latest_and_restorable(tmp_path):
-  env = dict(os.environ, PYTHONPATH=f"{_REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-  subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(tmp_path)], check=True,
-                 env=env, capture_output=True, timeout=120)
+  proc = run_python("-c", _KILLED_SAVE, str(tmp_path), timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
   names = {p.name for p in tmp_path.iterdir()}
   assert "2" not in names and any(n.startswith("2" + _TMP_SUFFIX) for n in names), names
   # A hand-made leftover as well, so the property does not hinge on timing.
@@ -221,10 +210,7 @@ print("OK")
 
 
 def test_restore_places_arrays_with_the_targets_mesh_sharding(tmp_path):
-  env = dict(os.environ, PYTHONPATH=f"{_REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_SHARDED_RESTORE), str(tmp_path)],
-                        env=env, capture_output=True, text=True, timeout=120)
+  proc = run_python("-c", textwrap.dedent(_SHARDED_RESTORE), str(tmp_path), timeout=120)
   assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
 
 

@@ -4,21 +4,18 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import run_module
 from zf_jax import arch as arch_lib
 from zf_jax import model
 from zf_jax.analyses import correspondence
 from zf_jax.report import page, table1
 
 TINY = arch_lib.get("zfnet_tiny")
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 # Fixed difference vectors with zeros in every row, one row all zero, one repeated.
 EPS = np.array([[1.0, -2.0, 0.0, 3.0, 0.0, -1.0],
                 [2.0, -1.0, 0.0, -3.0, 1.0, 0.0],
@@ -228,9 +225,7 @@ def test_analyse_and_table1_on_a_tiny_model(params):
 
 
 def _binary(*args):
-  proc = subprocess.run([sys.executable, "-m", "experiments.table1_correspondence", *args],
-                        cwd=_REPO, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  proc = run_module("experiments.table1_correspondence", *args)
   return proc.stdout, proc.stderr, proc.returncode
 
 

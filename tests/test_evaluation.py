@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import REPO, child_env
 from zf_jax.report import tables
 from zf_jax.runs import checkpoint, evaluation, trainer
 from zf_jax.train import TrainConfig
+from zf_jax.runs.config import RunConfig
 
-_REPO = pathlib.Path(__file__).resolve().parents[1]
 _MOCK_EXAMPLES = 12
 
 
@@ -157,7 +158,7 @@ def _runs(tmp_path_factory):
     mp.setattr(checkpoint, "Checkpointer",
                functools.partial(checkpoint.Checkpointer, async_save=False))
     for name, seed in (("a", 0), ("b", 1)):
-      cfg = trainer.RunConfig(
+      cfg = RunConfig(
           arch="zfnet_tiny", dataset="fashion_mnist", data_dir=str(root / "data"), num_steps=2,
           seed=seed, train=TrainConfig(batch_size=4, init_scheme="he"), mean_max_examples=8,
           shuffle_buffer=16, final_eval_crops=("center",), eval_every_epochs=0)
@@ -179,8 +180,8 @@ def _evaluate_binary(*args: str, mock: bool = False, wait: bool = True):
     cmd = [sys.executable, "-c", code]
   else:
     cmd = [sys.executable, "-m", "experiments.evaluate", *args]
-  proc = subprocess.Popen(cmd, cwd=_REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=child_env())
   return proc.communicate(timeout=300) + (proc.returncode,) if wait else proc
 
 

@@ -9,18 +9,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_module
 
 
 def run_binary(name, *args, timeout=600):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  return subprocess.run([sys.executable, "-m", f"experiments.{name}", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout, check=False)
+  return run_module(f"experiments.{name}", *args, timeout=timeout)
 
 
 def one_line_error(proc, pattern):

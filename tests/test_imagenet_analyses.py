@@ -16,6 +16,7 @@ from zf_jax.analyses import invariance, source
 from zf_jax.report import page, visualize
 from zf_jax.runs import checkpoint, trainer
 from zf_jax.train import TrainConfig
+from zf_jax.runs.config import RunConfig
 
 
 @pytest.fixture(name="mock_imagenet_run")
@@ -25,7 +26,7 @@ def _mock_imagenet_run(tmp_path, monkeypatch):
   monkeypatch.setattr(checkpoint, "Checkpointer",
                       functools.partial(checkpoint.Checkpointer, async_save=False))
   workdir = str(tmp_path / "run")
-  cfg = trainer.RunConfig(
+  cfg = RunConfig(
       arch="zfnet_tiny", dataset="imagenet2012", data_dir=str(tmp_path / "tfds"),
       resize_size=36, num_steps=2, train=TrainConfig(batch_size=8, init_scheme="he"),
       final_eval_crops=("center",), eval_every_epochs=0, shuffle_buffer=16,

@@ -3,20 +3,18 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 import scipy.ndimage
 
+from conftest import run_module
 from zf_jax import arch as arch_lib
 from zf_jax import model
 from zf_jax.analyses import invariance
 from zf_jax.report import page, tables
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R, S = 37, 32  # zfnet_tiny's resize and crop sizes: an odd margin, 2 px above and 3 below.
 OFF = (R - S) // 2
 
@@ -187,9 +185,7 @@ def test_curves_reject_bad_kind_scale_and_image_shape_in_one_line(tiny):
 
 
 def _binary(*args):
-  return subprocess.run([sys.executable, "-m", "experiments.fig5_invariance", *args], cwd=_REPO,
-                        capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  return run_module("experiments.fig5_invariance", *args, timeout=300)
 
 
 def test_binary_writes_figure_table_and_report_section(fashion_run, tmp_path):

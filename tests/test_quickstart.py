@@ -1,6 +1,6 @@
 """The embedded default end to end: README's first command, with few steps.
 
-Runs `experiments.train_imagenet --flagfile=experiments/quickstart.flags`
+Runs `experiments.train_imagenet --flagfile=quickstart.flags`
 exactly as the README does, overriding only the length of training and of
 the final evaluation (centre crop only) and the data_dir (a fresh one), then
 checks every promised output exists and the report references it; a second
@@ -10,12 +10,11 @@ run on the same workdir must not train again.
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, run_module
+
 STEPS = 12
 
 
@@ -31,7 +30,7 @@ def test_readme_begins_with_the_two_commands_and_ci_runs_the_second():
   commands = readme_commands()
   assert len(commands) == 2
   train, tests = commands
-  assert "experiments.train_imagenet --flagfile=experiments/quickstart.flags" in train
+  assert "experiments.train_imagenet --flagfile=quickstart.flags" in train
   assert tests.endswith("-m pytest -q")
   with open(os.path.join(REPO, ".ci", "run"), encoding="utf-8") as f:
     ci = f.read()
@@ -48,10 +47,7 @@ def _quickstart(fashion_data_dir, tmp_path_factory):
   args = [a for a in train[3:] if not a.startswith("--workdir=")] + [
       f"--workdir={workdir}", f"--data_dir={fashion_data_dir}", f"--num_steps={STEPS}",
       "--mean_max_examples=10000", "--final_eval_crops=center"]  # 10 crops: 2 min more.
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  runs = [subprocess.run([sys.executable, "-m", "experiments.train_imagenet", *args], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=900, check=False)
-          for _ in range(2)]
+  runs = [run_module("experiments.train_imagenet", *args, timeout=900) for _ in range(2)]
   return workdir, runs[0], runs[1]
 
 

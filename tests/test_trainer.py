@@ -40,16 +40,19 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(TESTS_DIR)
 if TESTS_DIR not in sys.path:
   sys.path.insert(0, TESTS_DIR)
 
 import tiny_dataset  # noqa: E402  (registers zf_tiny_images)
+from conftest import child_env, run_module  # noqa: E402
 
 from zf_jax import arch as arch_lib  # noqa: E402
 from zf_jax.runs import checkpoint  # noqa: E402
 from zf_jax import train  # noqa: E402
 from zf_jax.runs import trainer  # noqa: E402
+from zf_jax.runs.config import RunConfig  # noqa: E402
+from zf_jax.runs import workdir as workdir_lib  # noqa: E402
+from zf_jax.runs.workdir import make_mesh  # noqa: E402
 from zf_jax.train import TrainConfig  # noqa: E402
 
 BATCH = 8
@@ -60,16 +63,6 @@ NUM_VALIDATION = tiny_dataset.SPLITS["validation"]  # 24
 
 # ---------------------------------------------------------------------------
 # Subprocess helpers.
-
-
-def child_env(**extra) -> dict[str, str]:
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  env["PYTHONPATH"] = os.pathsep.join(
-      [TESTS_DIR, REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-  env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-  env.update(extra)
-  return env
 
 
 def _tail(text: str, n: int = 8000) -> str:
@@ -175,14 +168,12 @@ def wait_for_checkpoint(child: Child, ckpt_dir, min_step: int, timeout: float = 
 # State helpers.
 
 
-def abstract_state(run: trainer.RunConfig, num_classes: int):
+def abstract_state(run: RunConfig, num_classes: int):
   arch = arch_lib.with_classes(arch_lib.get(run.arch), num_classes)
-  mesh = trainer.make_mesh()
-  rng = jax.random.key(run.seed)
-  return jax.eval_shape(lambda: train.create_train_state(rng, arch, run.train, mesh))
+  return workdir_lib.abstract_state(run, arch, make_mesh())
 
 
-def restore(workdir, run: trainer.RunConfig, step=None, num_classes=tiny_dataset.NUM_CLASSES):
+def restore(workdir, run: RunConfig, step=None, num_classes=tiny_dataset.NUM_CLASSES):
   with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
     return ckpt.restore(abstract_state(run, num_classes), step)
 
@@ -212,9 +203,9 @@ def _data_dir(tmp_path_factory):
   return data_dir
 
 
-def tiny_config(data_dir, **overrides) -> trainer.RunConfig:
+def tiny_config(data_dir, **overrides) -> RunConfig:
   tcfg = overrides.pop("train", {})
-  return trainer.RunConfig(**{**TINY_RUN, "data_dir": data_dir, **overrides},
+  return RunConfig(**{**TINY_RUN, "data_dir": data_dir, **overrides},
                            train=TrainConfig(**{"batch_size": BATCH, "init_scheme": "he",
                                                 **tcfg}))
 
@@ -237,7 +228,7 @@ def test_train_and_evaluate_end_to_end_on_mock_imagenet_then_reports_already_com
   monkeypatch.setattr(checkpoint, "Checkpointer",
                       functools.partial(checkpoint.Checkpointer, async_save=False))
   workdir = str(tmp_path / "run")
-  cfg = trainer.RunConfig(
+  cfg = RunConfig(
       arch="zfnet_tiny", dataset="imagenet2012", data_dir=str(tmp_path / "tfds"),
       resize_size=36, num_steps=5, train=TrainConfig(batch_size=BATCH, init_scheme="he"),
       final_eval_crops=("center", "ten"), log_every=1, checkpoint_every=3, shuffle_buffer=16,
@@ -314,12 +305,14 @@ import tiny_dataset  # noqa: F401  (registers zf_tiny_images)
 from zf_jax import arch as arch_lib, train
 from zf_jax.data import input_pipeline
 from zf_jax.runs import checkpoint, trainer
+from zf_jax.runs.config import RunConfig
+from zf_jax.runs.workdir import input_config, make_mesh
 from zf_jax.train import TrainConfig
 
 run = dict(args["run"])
 tcfg = TrainConfig(**run.pop("train"))
 run["final_eval_crops"] = tuple(run["final_eval_crops"])
-cfg = trainer.RunConfig(train=tcfg, **run, **(args["distributed"] or {}))
+cfg = RunConfig(train=tcfg, **run, **(args["distributed"] or {}))
 workdir = args["workdir"]
 
 
@@ -329,7 +322,7 @@ def as_processes(n):
 
   def transform(step, host):
     if not iterators:
-      icfg = trainer.input_config(cfg, arch_lib.get(cfg.arch).image_size, cfg.train.batch_size)
+      icfg = input_config(cfg, arch_lib.get(cfg.arch).image_size, cfg.train.batch_size)
       mean = input_pipeline.load_or_compute_mean_image(icfg)
       iterators.extend(input_pipeline.make_train_iterator(
           icfg, start_step=step, process_index=p, process_count=n, mean=mean) for p in range(n))
@@ -360,7 +353,7 @@ if summary["status"] != "complete":
   sys.exit(0)
 
 arch = arch_lib.with_classes(arch_lib.get(cfg.arch), args["num_classes"])
-mesh = trainer.make_mesh()
+mesh = make_mesh()
 rng = jax.random.key(cfg.seed)
 init = train.create_train_state(rng, arch, cfg.train, mesh)
 abstract = jax.eval_shape(lambda: train.create_train_state(rng, arch, cfg.train, mesh))
@@ -547,7 +540,7 @@ def binary_args(tmp_dir, workdir, data_dir) -> list[str]:
           "--final_eval_crops=center", "--eval_every_epochs=1", "--keep_checkpoints=2"]
 
 
-def binary_run_config(data_dir) -> trainer.RunConfig:
+def binary_run_config(data_dir) -> RunConfig:
   """The RunConfig of `binary_args` (for restoring its checkpoints)."""
   return tiny_config(data_dir, num_steps=BINARY_STEPS)
 
@@ -672,6 +665,80 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dat
   assert int(state.step) == meta["step"] == 4
   for name, value in flat(state.params).items():
     assert np.all(np.isfinite(value)), name
+
+
+# ---------------------------------------------------------------------------
+# 6b. A damaged checkpoint.
+
+
+def damage(checkpoint_dir: str, step: int) -> None:
+  """Truncates every array data file of checkpoint `step` to half, as a full disk would."""
+  data = [p for p in glob.glob(os.path.join(checkpoint_dir, str(step), "state", "**", "*"),
+                               recursive=True) if os.path.isfile(p) and "_METADATA" not in p]
+  assert data
+  for path in data:
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+
+
+def test_damaged_latest_checkpoint_resumes_from_the_one_before_and_is_kept(
+    tmp_path, data_dir, capsys):
+  workdir = str(tmp_path / "damaged")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  first = tiny_config(data_dir, num_steps=6, checkpoint_every=2, eval_every_epochs=0)
+  assert trainer.train_and_evaluate(first, workdir)["status"] == "complete"
+  assert finalized_steps(ckpt_dir) == [2, 4, 6]
+  damage(ckpt_dir, 6)
+  damaged_files = sorted(os.path.relpath(p, os.path.join(ckpt_dir, "6"))
+                         for p in glob.glob(os.path.join(ckpt_dir, "6", "**"), recursive=True))
+
+  # Reading it (evaluation, analyses) names the damaged step and the intact one.
+  with pytest.raises(workdir_lib.DamagedCheckpointError) as excinfo:
+    workdir_lib.Workdir(workdir).open()
+  message = str(excinfo.value)
+  assert "\n" not in message
+  assert "checkpoint step 6" in message and "damaged" in message and "--step=4" in message
+  assert workdir_lib.Workdir(workdir).open(step=4).step == 4
+  proc = run_module("experiments.evaluate", f"--workdirs={workdir}")  # Table 2's binary.
+  assert proc.returncode == 2, proc.stderr
+  (line,) = meaningful_stderr(proc.stderr)  # The same message; which array failed first varies.
+  assert line.startswith(f"error: checkpoint step 6 in {ckpt_dir} is damaged (")
+  assert line.endswith(message[message.index("); the newest intact one is step 4"):])
+
+  # The same command with more steps: resumes from step 4, says so, keeps step 6's files.
+  capsys.readouterr()
+  longer = tiny_config(data_dir, num_steps=8, checkpoint_every=2, eval_every_epochs=0)
+  summary = trainer.train_and_evaluate(longer, workdir)
+  output = capsys.readouterr().out
+  assert summary["status"] == "complete" and summary["step"] == 8
+  assert re.search(r"checkpoint step 6 is damaged \(.+\); moved it to .*damaged_checkpoints", output)
+  assert "resumed from" in output and "at step 4 of 8" in output, output
+  kept = os.path.join(workdir, workdir_lib.DAMAGED_DIR, "6")
+  assert sorted(os.path.relpath(p, kept) for p in glob.glob(os.path.join(kept, "**"),
+                                                            recursive=True)) == damaged_files
+  assert 6 in finalized_steps(ckpt_dir)  # Saved again by the resumed run.
+
+  # Resuming from step 4 ends exactly where an undamaged run of 8 steps ends.
+  straight = str(tmp_path / "straight")
+  trainer.train_and_evaluate(longer, straight)
+  got, _ = restore(workdir, longer)
+  expected, _ = restore(straight, longer)
+  assert_same_arrays(flat(got), flat(expected), what="resumed past damage vs straight: ")
+
+
+def test_when_no_checkpoint_is_intact_the_run_stops_and_moves_nothing(tmp_path, data_dir):
+  workdir = str(tmp_path / "all_damaged")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  cfg = tiny_config(data_dir, num_steps=4, checkpoint_every=2, eval_every_epochs=0)
+  trainer.train_and_evaluate(cfg, workdir)
+  for step in finalized_steps(ckpt_dir):
+    damage(ckpt_dir, step)
+  with pytest.raises(workdir_lib.DamagedCheckpointError, match=r"step 4: .*step 2: ") as excinfo:
+    trainer.train_and_evaluate(tiny_config(data_dir, num_steps=6, checkpoint_every=2,
+                                           eval_every_epochs=0), workdir)
+  assert "\n" not in str(excinfo.value)
+  assert finalized_steps(ckpt_dir) == [2, 4]  # Not trained from scratch over them.
+  assert not os.path.exists(os.path.join(workdir, workdir_lib.DAMAGED_DIR))
 
 
 # ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from optax import contrib as optax_contrib
 
 from zf_jax import model
 from zf_jax.arch import Arch
+from zf_jax.options import check_choices, option
 
 DATA_AXIS = "data"
 LR_SCHEDULES = ("plateau", "manual", "constant")
@@ -53,37 +54,44 @@ class TrainConfig:
     like SGD on unit-scale inputs, which lets small models use 10-30x higher
     learning rates without killing their relus (the quickstart uses it).
   """
-  learning_rate: float = 1e-2
-  momentum: float = 0.9
-  batch_size: int = 128
-  dropout: float = 0.5
-  rms_radius: float | None = 0.1  # None: no renormalisation (Fig. 6 (a)).
-  weight_decay: float = 0.0
-  init_scheme: str = "paper"
-  lr_schedule: str = "plateau"
-  lr_decay_factor: float = 0.1
-  lr_decay_steps: tuple[int, ...] = ()
-  first_layer_lr_scale: float = 1.0
-  plateau_patience: int = 2
-  plateau_min_delta: float = 1e-3  # Absolute improvement of the error that counts.
+  learning_rate: float = option(1e-2, "Initial learning rate (Section 3: 1e-2).")
+  momentum: float = option(0.9, "SGD momentum (Section 3: 0.9).")
+  batch_size: int = option(128, "Global batch size, over all devices (Section 3: 128).")
+  dropout: float = option(0.5, "Dropout rate on fc layers 6 and 7 (Section 3: 0.5).")
+  rms_radius: float | None = option(
+      0.1, "Conv filter RMS renormalisation radius (Section 3: 0.1); 0 turns it off "
+      "(Fig. 6 (a)).")
+  weight_decay: float = option(0.0, "L2 weight decay on weights (not in the paper).")
+  init_scheme: str = option("paper", "Weight initialisation: paper (N(0, 1e-2^2), biases 0) "
+                            "or he.", choices=model.INIT_SCHEMES)
+  lr_schedule: str = option(
+      "plateau", "plateau: anneal when the validation error plateaus; manual: at "
+      "--lr_decay_epochs; constant.", choices=LR_SCHEDULES)
+  lr_decay_factor: float = option(0.1, "Learning rate multiplier of each anneal.")
+  lr_decay_steps: tuple[int, ...] = option(
+      (), "Steps at which lr_schedule=manual anneals.", flag=False)  # From lr_decay_epochs.
+  first_layer_lr_scale: float = option(
+      1.0, "Multiplies conv1's weight learning rate (not in the paper; 1/64^2 suits He init "
+      "on [-128, 128] pixels).")
+  plateau_patience: int = option(2, "Evaluations without improvement before annealing.")
+  plateau_min_delta: float = option(
+      1e-3, "Absolute improvement of the validation error that counts (plateau rule).")
 
   def __post_init__(self):
-    if self.lr_schedule not in LR_SCHEDULES:
-      raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of "
-                       f"{', '.join(LR_SCHEDULES)}")
+    if self.rms_radius == 0:  # The flag's "off".
+      object.__setattr__(self, "rms_radius", None)
+    check_choices(self)
     if self.learning_rate <= 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
     if self.batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
     if self.rms_radius is not None and self.rms_radius <= 0:
-      raise ValueError(f"rms_radius must be > 0 (or None for no clipping), got {self.rms_radius}")
+      raise ValueError(f"rms_radius must be > 0 (0 or None: no renormalisation), "
+                       f"got {self.rms_radius}")
     if not 0 <= self.dropout < 1:
       raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
     if not self.first_layer_lr_scale > 0:
       raise ValueError(f"first_layer_lr_scale must be > 0, got {self.first_layer_lr_scale}")
-    if self.init_scheme not in model.INIT_SCHEMES:
-      raise ValueError(f"unknown init_scheme {self.init_scheme!r}; choose one of "
-                       f"{', '.join(model.INIT_SCHEMES)}")
 
 
 @struct.dataclass

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from zf_jax.data import input_pipeline
-from zf_jax.runs import evaluation
+from zf_jax.runs.workdir import Run, Workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Source:
   class_names: label names, when the dataset has them.
   grayscale: the dataset's images are grey (one channel tiled to RGB).
   """
-  run: evaluation.Run
+  run: Run
   icfg: input_pipeline.InputConfig
   mean: np.ndarray
   split: str
@@ -80,7 +80,7 @@ def open_source(workdir: str, *, step: int | None = None, dataset: str | None = 
   Raises:
     FileNotFoundError / ValueError: no such run, checkpoint, dataset or split (one line).
   """
-  run = evaluation.load_run(workdir, step)
+  run = Workdir(workdir).open(step)
   train_icfg = run.input_config(batch_size=batch_size)
   mean = input_pipeline.load_or_compute_mean_image(train_icfg)
   icfg = dataclasses.replace(train_icfg, dataset=dataset or train_icfg.dataset,

@@ -9,20 +9,21 @@ quickstart call these with their flags.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
 
+import jax
 import matplotlib
 from matplotlib.patches import Patch
 import numpy as np
 
-from zf_jax import occlusion
+from zf_jax import chunks, occlusion
 from zf_jax.analyses import source, topk
 from zf_jax.data import input_pipeline
 from zf_jax.report import figures, page, tables
-from zf_jax.runs import checkpoint, evaluation
+from zf_jax.runs import evaluation
+from zf_jax.runs.workdir import Workdir
 from zf_jax.arch import Arch
 
 
@@ -38,9 +39,8 @@ def _batches_with_valid(src: source.Source, max_examples: int | None):
   for batch in source.batches(src, max_examples=max_examples):
     # Pad the last batch to the common size: one compiled update for the whole pass.
     n, size = len(batch["index"]), src.icfg.global_batch_size
-    valid = np.arange(size) < n
-    pad = lambda x: np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
-    yield {"image": pad(batch["image"]), "index": pad(batch["index"]), "valid": valid}
+    padded = chunks.pad_to({"image": batch["image"], "index": batch["index"]}, size)
+    yield {**padded, "valid": np.arange(size) < n}
 
 
 def top_activations(src: source.Source, layers: Sequence[int], k: int = 9,
@@ -138,13 +138,15 @@ def fig2(src: source.Source, *, layers: Sequence[int] | None = None, maps_per_la
   md = ["# Fig. 2: strongest activations", "",
         f"Run {workdir} at step {src.run.step}, {src.icfg.dataset}:{src.split}"
         f"{'' if max_examples is None else f' (first {max_examples} examples)'}, top {k} per map.",
-        "", "| layer | maps shown | strongest activation (max over maps) | median of the "
-        f"{k}th |", "|---|---|---|---|"]
+        ""]
+  rows = []
   for l in layers:
     v = np.asarray(state.value[l])
     kth = v[:, -1][np.isfinite(v[:, -1])]
-    md.append(f"| {l} | {len(chosen[l])} of {arch.conv(l).features} | {v[:, 0].max():.4g} | "
-              f"{np.median(kth) if len(kth) else float('nan'):.4g} |")
+    rows.append([l, f"{len(chosen[l])} of {arch.conv(l).features}", f"{v[:, 0].max():.4g}",
+                 f"{np.median(kth) if len(kth) else float('nan'):.4g}"])
+  md += tables.markdown_table(["layer", "maps shown", "strongest activation (max over maps)",
+                               f"median of the {k}th"], rows)
   tables.write_table(workdir, "fig2_top9", "\n".join(md), {
       "run": workdir, "step": src.run.step, "dataset": src.icfg.dataset, "split": src.split,
       "k": k, "mode": mode, "layers": record})
@@ -170,7 +172,7 @@ def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
   """
   if not workdirs:
     raise ValueError("fig6_filters needs at least one run workdir")
-  runs = [evaluation.load_run(w) for w in workdirs]
+  runs = [Workdir(w).open() for w in workdirs]
   grey = [input_pipeline.split_info(r.input_config()).grayscale for r in runs]
   labels = list(labels or [f"{r.arch.name} ({os.path.basename(r.workdir)}, step {r.step})"
                            + (", channel mean" if g else "") for r, g in zip(runs, grey)])
@@ -189,10 +191,10 @@ def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
       r.params[f"conv{r.arch.convs[0].layer}"]["w"])), axis=(0, 1, 2))).round(5).tolist()
          for label, r in zip(labels, runs)}
   tables.write_table(out, "fig6_filter_rms", "\n".join(
-      ["# Fig. 6: layer-1 filter RMS", "", "| run | filters | max RMS | median RMS | at the "
-       "radius 0.1 |", "|---|---|---|---|---|"] +
-      [f"| {label} | {len(v)} | {max(v):.4f} | {np.median(v):.4f} | "
-       f"{sum(x >= 0.0999 for x in v)} |" for label, v in rms.items()]), {"rms": rms})
+      ["# Fig. 6: layer-1 filter RMS", ""] + tables.markdown_table(
+          ["run", "filters", "max RMS", "median RMS", "at the radius 0.1"],
+          [[label, len(v), f"{max(v):.4f}", f"{np.median(v):.4f}", sum(x >= 0.0999 for x in v)]
+           for label, v in rms.items()])), {"rms": rms})
   page.add_section(
       out, "fig6", "Fig. 6: layer-1 filters",
       text=("The first layer's filters, each shown stretched to its own range. Section 4.1: "
@@ -289,15 +291,16 @@ def fig7(src: source.Source, indices: Sequence[int], *, patch: int | None = None
   workdir = src.run.workdir
   path = figures.save(fig, page.figure_path(workdir, "fig7_occlusion.png"))
   md = ["# Fig. 7: occlusion sensitivity", "",
-        f"{fill.capitalize()} square {patch} px, stride {stride} px, run step {src.run.step}.", "",
-        "| example | true class | p(true), unoccluded | lowest p(true) | occluder at the lowest |",
-        "|---|---|---|---|---|"]
+        f"{fill.capitalize()} square {patch} px, stride {stride} px, run step {src.run.step}.", ""]
+  rows = []
   for r in record:
     p = np.array(r["prob"])
     i, j = np.unravel_index(p.argmin(), p.shape)
-    md.append(f"| {r['index']} | {src.class_name(r['label'])} | {r['unoccluded_prob']:.3f} | "
-              f"{p.min():.3f} | rows {i * stride}..{i * stride + patch}, cols "
-              f"{j * stride}..{j * stride + patch} |")
+    rows.append([r["index"], src.class_name(r["label"]), f"{r['unoccluded_prob']:.3f}",
+                 f"{p.min():.3f}", f"rows {i * stride}..{i * stride + patch}, cols "
+                 f"{j * stride}..{j * stride + patch}"])
+  md += tables.markdown_table(["example", "true class", "p(true), unoccluded", "lowest p(true)",
+                               "occluder at the lowest"], rows)
   tables.write_table(workdir, "fig7_occlusion", "\n".join(md),
                      {"patch": patch, "stride": stride, "fill": fill, "images": record})
   page.add_section(
@@ -313,25 +316,20 @@ def fig7(src: source.Source, indices: Sequence[int], *, patch: int | None = None
 
 def training_section(workdir: str) -> str:
   """The run's training curves and final accuracy as the report's first section."""
-  workdir = os.path.abspath(workdir)
+  wd = Workdir(workdir)
+  workdir = wd.path
   curves: dict[str, list[tuple[int, float]]] = {}
-  path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        row = json.loads(line)
-        for key in ("loss", "top1_error"):
-          if key in row:
-            curves.setdefault(f"{row['split']} {key}", []).append((row["step"], row[key]))
+  for row in wd.metrics():
+    for key in ("loss", "top1_error"):
+      if key in row:
+        curves.setdefault(f"{row['split']} {key}", []).append((row["step"], row[key]))
   items = {}
-  summary_path = os.path.join(workdir, "summary.json")
-  if os.path.exists(summary_path):
-    with open(summary_path, encoding="utf-8") as f:
-      summary = json.load(f)
+  summary = wd.summary()
+  if summary:
     items["arch / dataset"] = f"{summary.get('arch')} / {summary.get('dataset')}"
     items["steps"] = summary.get("step")
     for crops, r in summary.get("eval", {}).items():
-      items[f"accuracy ({'centre crop' if crops == 'center' else '10 crops'}, "
+      items[f"accuracy ({evaluation.CROP_NAMES.get(crops, crops)}, "
             f"{r['count']} images)"] = f"{100 * (1 - r['top1_error']):.2f}%"
     if "train_seconds" in summary:
       items["training time"] = f"{summary['train_seconds'] / 60:.1f} min"
@@ -359,27 +357,24 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
          batch_size: int = 64, mode: str = "deconvnet") -> str:
   """Fig. 4 (Section 4): the strongest activation of chosen maps over the saved checkpoints.
 
-  For each checkpoint (default: the epoch ends kept, `trainer.FIG4_EPOCHS`,
+  For each checkpoint (default: the epoch ends kept, `config.FIG4_EPOCHS`,
   or every checkpoint when none is at an epoch end), one streaming pass over
   the first `max_examples` training images finds each chosen map's strongest
   activation, projected to pixels and cut to its receptive field. Rows:
   (layer, map); columns: checkpoints. (An extra pass per checkpoint, not
   tracked during training.)
   """
-  workdir = os.path.abspath(workdir)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"{workdir} has no checkpoints/ folder: the run saved no checkpoint")
-  with checkpoint.Checkpointer(ckpt_dir, read_only=True) as ckpt:
-    available = ckpt.all_steps()
-  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-    spe = json.load(f).get("steps_per_epoch")
+  wd = Workdir(workdir)
+  workdir = wd.path
+  spe = wd.read_config()[1].get("steps_per_epoch")
+  available = wd.steps()
   if steps is None:  # The epoch ends the trainer kept (FIG4_EPOCHS); else every checkpoint.
     steps = [s for s in available if spe and s % spe == 0] or available
   steps = sorted(steps)
   missing = [s for s in steps if s not in available]
   if missing or not steps:
-    raise ValueError(f"no checkpoint for step(s) {missing or steps} in {ckpt_dir}; available: "
+    raise ValueError(f"no checkpoint for step(s) {missing or steps} in {wd.checkpoint_dir}; "
+                     "available: "
                      f"{', '.join(map(str, available)) or 'none'}")
   columns, layers_, chosen = [], None, None
   for s in steps:
@@ -413,6 +408,27 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
   return path
 
 
+
+
+def after_training(summary: dict) -> str | None:
+  """The report of a finished run (`trainer.train_and_evaluate`'s summary), or None.
+
+  Written once: a rerun of a complete run reuses it. With several processes
+  the analyses (one process each) are left to the figure binaries.
+  """
+  if summary["status"] != "complete":
+    return None
+  workdir = summary["workdir"]
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      print("--visualize is skipped with several processes: run `python -m experiments."
+            f"fig2_top9 --workdir={workdir}` (and the other figure binaries) on one host")
+    return None
+  path = os.path.join(workdir, page.REPORT_FILE)
+  if summary.get("already_complete") and os.path.exists(path):
+    return path
+  print("writing the visualisations (Figs. 2, 4, 6, 7) ...", flush=True)
+  return quick_report(workdir)
 
 
 def quick_report(workdir: str, *, maps_per_layer: int = 8, occlusion_images: int = 4,

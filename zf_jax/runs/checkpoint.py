@@ -77,7 +77,6 @@ class Checkpointer:
       keep_latest: int = 3,
       keep_steps: Iterable[int] = (),
       async_save: bool = True,
-      save_interval_steps: int = 1,
       read_only: bool = False,
   ):
     """Opens (creating if needed) the checkpoint directory.
@@ -89,7 +88,6 @@ class Checkpointer:
       keep_steps: steps kept forever in addition (e.g. the epoch ends of Fig. 4).
       async_save: if True, `save` returns once arrays are copied to host and
         the write continues in a background thread.
-      save_interval_steps: cadence used only by `save(..., force=False)`.
       read_only: only restore (e.g. to evaluate a run that is still
         training): nothing is created or deleted, so a save in progress in
         another process is left alone.
@@ -102,19 +100,10 @@ class Checkpointer:
         ocm.LatestN(n=keep_latest),
         ocm.CustomSteps(sorted(self.keep_steps)),
     ])
-    # Consulted only when save() is called with force=False: lets a trainer
-    # call save() every step and still write on the cadence, on every kept
-    # step, and when JAX's preemption sync point is reached.
-    save_decision = ocm.AnySavePolicy([
-        ocm.FixedIntervalPolicy(save_interval_steps),
-        ocm.SpecificStepsPolicy(self.keep_steps),
-        ocm.PreemptionCheckpointingPolicy(),
-    ])
     # orbax warns on every read-only open that it will not save; that is the point.
     with _quiet_absl(read_only):
       options = ocp.CheckpointManagerOptions(
           preservation_policy=preservation,
-          save_decision_policy=save_decision,
           enable_async_checkpointing=async_save,
           # Temp dirs left by a killed save are never restorable; drop them.
           cleanup_tmp_directories=not read_only,
@@ -135,7 +124,7 @@ class Checkpointer:
     """Returns every retained step in increasing order."""
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: PyTree, meta: dict, *, force: bool = True) -> bool:
+  def save(self, step: int, state: PyTree, meta: dict) -> bool:
     """Starts writing `state` and `meta` as checkpoint `step`.
 
     Blocks only for the device-to-host copy and for the previous save to
@@ -145,12 +134,10 @@ class Checkpointer:
       step: training step; the directory name of the checkpoint.
       state: pytree of arrays (typed PRNG keys allowed).
       meta: JSON-serialisable dict (python scalars, str, lists, dicts).
-      force: if False, save only when the save policy says so (interval,
-        keep_steps, preemption).
 
     Returns:
-      True if a save was started; False if skipped by policy or because
-      `step` already exists (e.g. resuming exactly at a saved step).
+      True if a save was started; False if `step` already exists (e.g.
+      resuming exactly at a saved step).
     """
     step = int(step)
     if step in self._manager.all_steps():
@@ -159,7 +146,7 @@ class Checkpointer:
         _STATE: ocp.args.StandardSave(state),
         _META: ocp.args.JsonSave(dict(meta)),
     })
-    return bool(self._manager.save(step, args=args, force=force))
+    return bool(self._manager.save(step, args=args, force=True))
 
   def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict]:
     """Reads checkpoint `step` (default: latest) into the structure of `abstract_state`.
@@ -193,6 +180,10 @@ class Checkpointer:
         }),
     )
     return restored[_STATE], dict(restored[_META])
+
+  def reload(self) -> None:
+    """Re-reads the steps on disk (after checkpoints were moved by another hand)."""
+    self._manager.reload()
 
   def wait_until_finished(self) -> None:
     """Blocks until every started save is finalized and old steps deleted."""

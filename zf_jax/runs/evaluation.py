@@ -6,8 +6,8 @@ the wider model (b)) and for ensembles of them ("5 convnets as per Fig. 3 –
 (a)", "6 convnets, (a) & (b) combined"). An ensemble averages its members'
 softmax probabilities for each example; its errors are those of the average.
 
-`load_run` reads a training workdir (config.json + orbax checkpoints),
-`evaluate_runs` evaluates several runs and their ensemble for the centre crop
+`evaluate_runs` restores runs from their workdirs (`zf_jax.runs.workdir`),
+evaluates several runs and their ensemble for the centre crop
 and the 10 crops of Section 3, `table2` lays the result beside the paper's
 numbers, and `write_table2` does all three and writes
 `<out>/tables/table2.{md,json}` (what `experiments/evaluate.py` calls).
@@ -15,8 +15,6 @@ numbers, and `write_table2` does all three and writes
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -24,12 +22,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from zf_jax import arch as arch_lib
 from zf_jax import train
 from zf_jax.data import input_pipeline
 from zf_jax.report import tables
-from zf_jax.runs import checkpoint, trainer
-from zf_jax.train import TrainConfig
+from zf_jax.runs import trainer
+from zf_jax.runs.config import RunConfig
+from zf_jax.runs.workdir import Workdir, make_mesh
 
 CROP_NAMES = {"center": "centre crop", "ten": "10 crops"}
 IMAGENET = "imagenet2012"
@@ -60,105 +58,6 @@ NOTES = (
     "\"5 convnets\" and \"(a) & (b) combined\" rows).",
     "ImageNet's test labels are not public, so our rows have no Test Top-5.",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """A trained run restored for evaluation: what `trainer.evaluate` needs, and where from."""
-  workdir: str
-  config: trainer.RunConfig
-  arch: arch_lib.Arch
-  params: Any
-  step: int
-
-  def input_config(self, *, batch_size: int | None = None,
-                   split: str | None = None) -> input_pipeline.InputConfig:
-    """The run's own preprocessing (image size, resize, mean image) for evaluation.
-
-    Args:
-      batch_size: global evaluation batch; None: the run's eval batch size.
-      split: the split to evaluate; None: the dataset's validation split (or test).
-
-    Returns:
-      The InputConfig the trainer used, with this batch size and split.
-    """
-    cfg = self.config
-    batch = batch_size or cfg.eval_batch_size or cfg.train.batch_size
-    icfg = trainer.input_config(cfg, self.arch.image_size, batch)
-    return dataclasses.replace(icfg, eval_split=split) if split else icfg
-
-
-def _tuples(d: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
-  # JSON turned the configs' tuples into lists; known fields only, so that a
-  # config.json written by a newer version with extra keys still loads.
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields}
-
-
-def read_config(workdir: str) -> tuple[trainer.RunConfig, dict[str, Any]]:
-  """The RunConfig of a training workdir and the raw config.json (num_classes, ...).
-
-  Raises:
-    FileNotFoundError: `workdir` is not a training workdir (no config.json).
-    ValueError: config.json is not a zf_jax run configuration.
-  """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"run workdir {workdir} does not exist")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir} has no config.json: not a training workdir (train into "
-                            "it with python -m experiments.train_imagenet --workdir=...)")
-  try:
-    with open(path, encoding="utf-8") as f:
-      raw = json.load(f)
-    tcfg = TrainConfig(**_tuples(raw.get("train", {}),
-                                 {f.name for f in dataclasses.fields(TrainConfig)}))
-    kwargs = _tuples(raw, {f.name for f in dataclasses.fields(trainer.RunConfig)})
-    cfg = trainer.RunConfig(**{**kwargs, "train": tcfg})
-    int(raw["num_classes"])
-  except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
-    raise ValueError(f"{path} is not a zf_jax run config ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
-  return cfg, raw
-
-
-def load_run(workdir: str, step: int | None = None, *, mesh=None) -> Run:
-  """Restores a training run's parameters from its latest (or a given) checkpoint.
-
-  Args:
-    workdir: a `trainer.train_and_evaluate` workdir (config.json, checkpoints/).
-    step: the checkpoint to read; None: the latest.
-    mesh: where the parameters go (replicated); None: `trainer.make_mesh()`.
-
-  Returns:
-    The run: config, arch (with the run's number of classes), params, step.
-
-  Raises:
-    FileNotFoundError: no config.json, no checkpoint, or none for `step`
-      (the message lists the available steps).
-    ValueError: config.json is not a run configuration (e.g. unknown arch).
-  """
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  cfg, raw = read_config(workdir)
-  arch = arch_lib.with_classes(arch_lib.get(cfg.arch), raw["num_classes"])
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  # Checked first: the Checkpointer would create the folder if it is missing.
-  if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"{workdir} has no checkpoints/ folder: the run saved no checkpoint")
-  mesh = trainer.make_mesh() if mesh is None else mesh
-  with checkpoint.Checkpointer(ckpt_dir, read_only=True) as ckpt:
-    steps = ckpt.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: the run saved none yet")
-    if step is not None and int(step) not in steps:
-      raise FileNotFoundError(f"{workdir} has no checkpoint for step {step}; available steps: "
-                              f"{', '.join(map(str, steps))}")
-    step = steps[-1] if step is None else int(step)
-    # The saved object is the whole train state; its shapes and shardings come
-    # from the same constructor the trainer used, without computing anything.
-    rng = jax.random.key(cfg.seed)
-    abstract = jax.eval_shape(lambda: train.create_train_state(rng, arch, cfg.train, mesh))
-    state, _ = ckpt.restore(abstract, step)
-  return Run(workdir=workdir, config=cfg, arch=arch, params=state.params, step=step)
 
 
 def errors_from_probs(probs, labels) -> dict[str, float]:
@@ -227,15 +126,15 @@ def ensemble(members: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
   return average.errors()
 
 
-def _check_same_data(configs: Sequence[tuple[str, trainer.RunConfig, dict]]) -> None:
-  first_dir, first, first_raw = configs[0]
-  for workdir, cfg, raw in configs[1:]:
+def _check_same_data(configs: Sequence[tuple[str, RunConfig, dict]]) -> None:
+  first_dir, first, first_facts = configs[0]
+  for workdir, cfg, facts in configs[1:]:
     if cfg.dataset != first.dataset:
       raise ValueError(f"runs were trained on different datasets ({first_dir}: {first.dataset}, "
                        f"{workdir}: {cfg.dataset}); an ensemble needs one dataset")
-    if int(raw["num_classes"]) != int(first_raw["num_classes"]):
+    if int(facts["num_classes"]) != int(first_facts["num_classes"]):
       raise ValueError(f"runs have different numbers of classes ({first_dir}: "
-                       f"{first_raw['num_classes']}, {workdir}: {raw['num_classes']})")
+                       f"{first_facts['num_classes']}, {workdir}: {facts['num_classes']})")
 
 
 def evaluate_runs(workdirs: Sequence[str], crops: Sequence[str] = ("center", "ten"),
@@ -253,7 +152,7 @@ def evaluate_runs(workdirs: Sequence[str], crops: Sequence[str] = ("center", "te
     split: the split to evaluate; None: validation (or test where there is none).
     step: the checkpoint step of every run; None: each run's latest.
     batch_size: global evaluation batch; None: each run's own.
-    mesh: None: `trainer.make_mesh()`.
+    mesh: None: `workdir.make_mesh()`.
 
   Returns:
     {"dataset", "split", "crops", "runs": [{"workdir", "arch", "step", "eval":
@@ -272,20 +171,21 @@ def evaluate_runs(workdirs: Sequence[str], crops: Sequence[str] = ("center", "te
     raise ValueError(f"crops must be among {list(input_pipeline.EVAL_CROPS)}, got {list(crops)}")
   if len(set(crops)) != len(crops):
     raise ValueError(f"crops given twice: {list(crops)}")
-  workdirs = [os.path.abspath(os.path.expanduser(w)) for w in workdirs]
+  workdirs = [Workdir(w) for w in workdirs]
   for i, w in enumerate(workdirs):
-    if w in workdirs[:i]:
-      raise ValueError(f"{w} is given twice; an ensemble would count it twice")
+    if w.path in [v.path for v in workdirs[:i]]:
+      raise ValueError(f"{w.path} is given twice; an ensemble would count it twice")
   # Every config is checked before any (slow) restore or evaluation.
-  configs = [(w, *read_config(w)) for w in workdirs]
+  configs = [(w.path, *w.read_config()) for w in workdirs]
   _check_same_data(configs)
   if batch_size is not None and batch_size < 1:
     raise ValueError(f"batch size must be >= 1, got {batch_size}")
-  mesh = trainer.make_mesh() if mesh is None else mesh
+  mesh = make_mesh() if mesh is None else mesh
   averages = {c: _Average() for c in crops}
   runs, split_name = [], None
-  for workdir in workdirs:
-    run = load_run(workdir, step, mesh=mesh)
+  for wd in workdirs:
+    run = wd.open(step, mesh=mesh)
+    workdir = run.workdir
     icfg = run.input_config(batch_size=batch_size, split=split)
     if icfg.global_batch_size % jax.device_count():
       raise ValueError(f"evaluation batch {icfg.global_batch_size} of {workdir} is not divisible "
@@ -321,10 +221,6 @@ def _default_labels(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _split_title(split: str) -> str:
   return {"validation": "Val", "test": "Test", "train": "Train"}.get(split, split)
-
-
-def _cell(text: Any) -> str:
-  return str(text).replace("|", "\\|")
 
 
 def _pct(percent: float) -> str:
@@ -385,15 +281,12 @@ def table2(results: Mapping[str, Any], labels: Sequence[str] | None = None
               "numbers below are not comparable with them.", ""]
   lines += [f"## Ours: {dataset}, {split} split ({count} examples), error %", ""]
   header = ["Model", "Step"] + [f"{s} Top-{k} ({CROP_NAMES[c]})" for c in crops for k in (1, 5)]
-  lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-  for row in ours:
-    step = row["step"] if row["kind"] == "run" else "–"
-    cells = [_cell(row["model"]), str(step)]
-    cells += [_pct(row["errors"][c][k]) for c in crops for k in ("top1", "top5")]
-    lines.append("| " + " | ".join(cells) + " |")
-  lines += ["", "## Paper: Zeiler & Fergus (2014), Table 2, ImageNet 2012", "",
-            "| Error % | Val Top-1 | Val Top-5 | Test Top-5 |", "|---|---:|---:|---:|"]
-  lines += [f"| {m} | {t1} | {t5} | {test} |" for m, t1, t5, test in PAPER_TABLE2]
+  lines += tables.markdown_table(header, (
+      [row["model"], row["step"] if row["kind"] == "run" else "–"]
+      + [_pct(row["errors"][c][k]) for c in crops for k in ("top1", "top5")] for row in ours))
+  lines += ["", "## Paper: Zeiler & Fergus (2014), Table 2, ImageNet 2012", ""]
+  lines += tables.markdown_table(["Error %", "Val Top-1", "Val Top-5", "Test Top-5"],
+                                 PAPER_TABLE2)
   lines += ["", f"Paper's footnote: {PAPER_FOOTNOTE.replace('*', chr(92) + '*')}", ""]
   lines += [f"- {n}" for n in notes]
   return "\n".join(lines) + "\n", json_obj

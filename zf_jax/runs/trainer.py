@@ -31,69 +31,12 @@ from jax.experimental import multihost_utils
 from zf_jax import arch as arch_lib
 from zf_jax import train
 from zf_jax.data import input_pipeline
-from zf_jax.runs import checkpoint
-from zf_jax.train import TrainConfig
-
-FIG4_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
-
+from zf_jax.runs import workdir as workdir_lib
+from zf_jax.runs.config import RunConfig
+from zf_jax.runs.workdir import input_config, make_mesh
 
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN or infinite; the run stopped before saving it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-  """One training run. `train` holds the recipe; the rest says what and how long."""
-  arch: str = "zfnet"
-  dataset: str = "imagenet2012"
-  data_dir: str | None = None
-  resize_size: int | None = None  # None: image_size * 256 / 224, the paper's ratio.
-  train_crops: str = "ten"
-  num_epochs: float = 70.0  # Section 3: "We stopped training after 70 epochs".
-  num_steps: int | None = None  # Overrides num_epochs.
-  seed: int = 0
-  train: TrainConfig = TrainConfig()
-  lr_decay_epochs: tuple[float, ...] = ()  # With train.lr_schedule="manual".
-  eval_batch_size: int | None = None  # None: the training batch size.
-  eval_every_epochs: int = 1  # 0: only at the end.
-  final_eval_crops: tuple[str, ...] = ("center", "ten")
-  log_every: int = 50
-  checkpoint_every: int = 1000
-  keep_checkpoints: int = 3
-  keep_epochs: tuple[int, ...] = FIG4_EPOCHS  # Kept for Fig. 4 (feature evolution).
-  shuffle_buffer: int = 10_000
-  mean_max_examples: int | None = None
-  distributed: bool = False
-  coordinator_address: str | None = None
-  num_processes: int | None = None
-  process_id: int | None = None
-
-  def __post_init__(self):
-    arch_lib.get(self.arch)  # Raises for an unknown name.
-    for crops in self.final_eval_crops:
-      if crops not in input_pipeline.EVAL_CROPS:
-        raise ValueError(f"eval crops must be among {list(input_pipeline.EVAL_CROPS)}, "
-                         f"got {crops!r}")
-    if self.num_steps is None and not self.num_epochs > 0:
-      raise ValueError(f"num_epochs must be > 0, got {self.num_epochs}")
-    if self.num_steps is not None and self.num_steps < 0:
-      raise ValueError(f"num_steps must be >= 0, got {self.num_steps}")
-    if self.checkpoint_every < 1 or self.log_every < 1:
-      raise ValueError("checkpoint_every and log_every must be >= 1")
-
-
-def make_mesh() -> jax.sharding.Mesh:
-  """All devices of all hosts on one "data" axis: data parallel, parameters replicated."""
-  return jax.make_mesh((jax.device_count(),), (train.DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Explicit,))
-
-
-def input_config(cfg: RunConfig, image_size: int, batch_size: int) -> input_pipeline.InputConfig:
-  resize = cfg.resize_size or round(image_size * 256 / 224)
-  return input_pipeline.InputConfig(
-      dataset=cfg.dataset, data_dir=cfg.data_dir, image_size=image_size, resize_size=resize,
-      global_batch_size=batch_size, train_crops=cfg.train_crops, seed=cfg.seed,
-      shuffle_buffer=cfg.shuffle_buffer, mean_max_examples=cfg.mean_max_examples)
 
 
 def _global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
@@ -104,14 +47,14 @@ def _global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
 class _Log:
   """metrics.jsonl + TensorBoard, written by process 0 only."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, wd: workdir_lib.Workdir):
     self._on = jax.process_index() == 0
     if not self._on:
       return
     import tensorflow as tf  # pylint: disable=g-import-not-at-top  # input_pipeline hid GPUs.
     self._tf = tf
-    self._file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-    self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+    self._file = open(wd.file(workdir_lib.METRICS_FILE), "a", encoding="utf-8")
+    self._tb = tf.summary.create_file_writer(wd.file(workdir_lib.TENSORBOARD_DIR))
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
     if not self._on:
@@ -206,8 +149,8 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
   """
   if cfg.distributed:
     jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  wd = workdir_lib.Workdir(workdir)
+  os.makedirs(wd.path, exist_ok=True)
   batch = cfg.train.batch_size
   for name, size in (("batch size", batch), ("evaluation batch size", cfg.eval_batch_size)):
     if size is not None and size % jax.device_count():
@@ -226,9 +169,7 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, lr_decay_steps=tuple(round(e * spe) for e in cfg.lr_decay_epochs)))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      json.dump({**dataclasses.asdict(cfg), "num_classes": arch.num_classes,
-                 "steps_per_epoch": spe, "total_steps": total}, f, indent=2)
+    wd.write_config(cfg, num_classes=arch.num_classes, steps_per_epoch=spe, total_steps=total)
 
   # Process 0 computes the mean image (cached beside the data); the others then read it.
   if jax.process_index() == 0:
@@ -237,23 +178,22 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
     multihost_utils.sync_global_devices("mean image")
   mean = input_pipeline.load_or_compute_mean_image(icfg)
 
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 keep_latest=cfg.keep_checkpoints, keep_steps=keep)
+  ckpt = wd.checkpointer(keep_latest=cfg.keep_checkpoints, keep_steps=keep)
   try:
-    rng = jax.random.key(cfg.seed)
-    abstract = jax.eval_shape(lambda: train.create_train_state(rng, arch, cfg.train, mesh))
-    if ckpt.latest_step() is not None:
-      state, meta = ckpt.restore(abstract)
-      _say(f"resumed from {workdir}/checkpoints at step {int(state.step)} of {total}")
+    resumed = wd.resume(ckpt, workdir_lib.abstract_state(cfg, arch, mesh), say=_say)
+    if resumed is not None:
+      state, meta = resumed
+      _say(f"resumed from {wd.checkpoint_dir} at step {int(state.step)} of {total}")
     else:
-      state, meta = train.create_train_state(rng, arch, cfg.train, mesh), {}
-    state = _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, workdir,
+      state = train.create_train_state(jax.random.key(cfg.seed), arch, cfg.train, mesh)
+      meta = {}
+    state = _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, wd,
                         batch_transform)
     summary = {"status": "interrupted" if int(state.step) < total else "complete",
                "step": int(state.step), "total_steps": total, "arch": arch.name,
-               "dataset": cfg.dataset, "workdir": workdir}
+               "dataset": cfg.dataset, "workdir": wd.path}
     if summary["status"] == "complete":
-      summary.update(_final_eval(cfg, arch, icfg, mesh, mean, state, workdir))
+      summary.update(_final_eval(cfg, arch, icfg, mesh, mean, state, wd))
   finally:
     ckpt.close()
   return summary
@@ -263,14 +203,12 @@ def _eval_input(cfg: RunConfig, icfg: input_pipeline.InputConfig) -> input_pipel
   return dataclasses.replace(icfg, global_batch_size=cfg.eval_batch_size or icfg.global_batch_size)
 
 
-def _final_eval(cfg, arch, icfg, mesh, mean, state, workdir):
-  path = os.path.join(workdir, "summary.json")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      done = json.load(f)
-    if done.get("step") == int(state.step) and "eval" in done:
-      _say(f"training is already complete ({done['step']} steps); results in {path}")
-      return {"eval": done["eval"], "already_complete": True}
+def _final_eval(cfg, arch, icfg, mesh, mean, state, wd: workdir_lib.Workdir):
+  done = wd.summary()
+  if done and done.get("step") == int(state.step) and "eval" in done:
+    _say(f"training is already complete ({done['step']} steps); results in "
+         f"{wd.file(workdir_lib.SUMMARY_FILE)}")
+    return {"eval": done["eval"], "already_complete": True}
   icfg_eval = _eval_input(cfg, icfg)
   results = {}
   for crops in cfg.final_eval_crops:
@@ -279,13 +217,12 @@ def _final_eval(cfg, arch, icfg, mesh, mean, state, workdir):
     _say(f"{crops}-crop evaluation on {r['count']} examples: top-1 error {r['top1_error']:.4f}, "
          f"top-5 error {r['top5_error']:.4f}")
   if jax.process_index() == 0:
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump({"step": int(state.step), "arch": arch.name, "dataset": cfg.dataset,
-                 "eval": results}, f, indent=2)
+    wd.write_summary({"step": int(state.step), "arch": arch.name, "dataset": cfg.dataset,
+                      "eval": results})
   return {"eval": results}
 
 
-def _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, workdir,
+def _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, wd,
                 batch_transform):
   """Runs steps state.step .. total; returns the last good state."""
   start = int(state.step)
@@ -293,7 +230,7 @@ def _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, work
     return state
   train_step = train.make_train_step(arch, cfg.train, mesh)
   batches = input_pipeline.make_train_iterator(icfg, start_step=start, mean=mean)
-  log = _Log(workdir)
+  log = _Log(wd)
   stop = threading.Event()
   previous = _install_stop_handlers(stop)
   icfg_eval = _eval_input(cfg, icfg)

@@ -1,0 +1,45 @@
+"""Configuration fields that carry their own help: one place for a field's name, type,
+default and meaning.
+
+The configuration dataclasses (`zf_jax.train.TrainConfig`,
+`zf_jax.runs.config.RunConfig`) declare every field with `option(...)`;
+`zf_jax.runs.config` turns those fields into absl flags, builds the
+dataclass back from the parsed flags and writes / reads it as JSON. Nothing
+here imports absl, so the math modules can declare options too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+
+def option(default: Any, help: str, *, choices: Sequence[str] | None = None,  # pylint: disable=redefined-builtin
+           flag: bool = True) -> Any:
+  """A dataclass field with its help text (and allowed values) for the generated flag.
+
+  Args:
+    default: the field's default (the paper's value where the paper has one).
+    help: one line for `--helpshort`, saying what the value means.
+    choices: the allowed values of a string field (or of each item of a tuple
+      of strings); other values are refused with a one-line error.
+    flag: False for a field that is derived from others and takes no flag.
+  """
+  return dataclasses.field(default=default, metadata={
+      "help": help, "choices": tuple(choices) if choices else None, "flag": flag})
+
+
+def check_choices(config: Any) -> None:
+  """Raises a one-line ValueError for a field whose value is not among its `choices`.
+
+  Tuple fields are checked item by item. Called by the configs' `__post_init__`.
+  """
+  for f in dataclasses.fields(config):
+    allowed = f.metadata.get("choices")
+    if not allowed:
+      continue
+    value = getattr(config, f.name)
+    for item in value if isinstance(value, tuple) else (value,):
+      if item not in allowed:
+        raise ValueError(f"unknown {f.name} {item!r}; choose one of {', '.join(allowed)}")

@@ -1,0 +1,196 @@
+"""A training run's configuration, from one source: the dataclasses' fields.
+
+`RunConfig` (what to train, on what, how long; Section 3's protocol) holds
+a `zf_jax.train.TrainConfig` (the recipe). Every field is declared once with
+`zf_jax.options.option` (default, help, allowed values), and from there:
+
+  define_flags()        one absl flag per field (nested configs flattened:
+                        --learning_rate, not --train.learning_rate)
+  from_flags()          the RunConfig the parsed flags describe
+  to_json / from_json   config.json in a run's workdir (same field names)
+
+So a binary that trains gets every training flag, with the same help, by
+calling `define_flags()`; flagfiles (`--flagfile=zfnet.flags`) list only what
+differs from the defaults, which are the paper's values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from absl import flags
+
+from zf_jax import arch as arch_lib
+from zf_jax.data import input_pipeline
+from zf_jax.options import check_choices, option
+from zf_jax.train import TrainConfig
+
+FIG4_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
+
+# The flags define_flags() defines belong to the binary that calls it: they are
+# its key flags, listed by its --helpshort.
+flags.disclaim_key_flags()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """One training run (Section 3). `train` holds the recipe; the rest says what and how long."""
+  arch: str = option("zfnet", "Architecture preset (zf_jax.arch).", choices=arch_lib.names())
+  dataset: str = option("imagenet2012", "tfds image classification dataset name.")
+  data_dir: str | None = option(None, "tfds data_dir (default: tfds' own).")
+  resize_size: int | None = option(
+      None, "Smaller side before cropping (default: 256/224 of the arch's input, Section 3).")
+  train_crops: str = option("ten", "ten: the paper's 10 fixed crops; random: random crops and "
+                            "flips.", choices=input_pipeline.TRAIN_CROPS)
+  num_epochs: float = option(70.0, "Epochs to train (Section 3: 70).")
+  num_steps: int | None = option(None, "Steps to train; overrides --num_epochs.")
+  seed: int = option(0, "Seed for init, dropout and data order.")
+  train: TrainConfig = TrainConfig()
+  lr_decay_epochs: tuple[float, ...] = option(
+      (), "Epochs at which --lr_schedule=manual anneals.")
+  eval_batch_size: int | None = option(
+      None, "Global evaluation batch (default: --batch_size).")
+  eval_every_epochs: int = option(1, "Validate every N epochs (0: only at the end).")
+  final_eval_crops: tuple[str, ...] = option(
+      ("center", "ten"), "Crops of the final evaluation: center and/or ten (Section 3).",
+      choices=input_pipeline.EVAL_CROPS)
+  log_every: int = option(50, "Steps between progress lines.")
+  checkpoint_every: int = option(1000, "Steps between checkpoints.")
+  keep_checkpoints: int = option(3, "Latest checkpoints kept.")
+  keep_epochs: tuple[int, ...] = option(FIG4_EPOCHS,
+                                        "Epoch-end checkpoints kept forever (Fig. 4).")
+  shuffle_buffer: int = option(10_000, "Examples in the training shuffle buffer.")
+  mean_max_examples: int | None = option(
+      None, "Images averaged for the mean image (default: the whole train split).")
+  distributed: bool = option(False, "Call jax.distributed.initialize() (several hosts).")
+  coordinator_address: str | None = option(None, "host:port of process 0 (--distributed).")
+  num_processes: int | None = option(None, "Number of processes (--distributed).")
+  process_id: int | None = option(None, "This process's index (--distributed).")
+  visualize: bool = option(False, "After training, write the report: curves, layer-1 filters "
+                           "(Fig. 6), top-9 projections (Fig. 2), occlusion (Fig. 7), evolution "
+                           "(Fig. 4) into <workdir>/report.html.")
+
+  def __post_init__(self):
+    check_choices(self)
+    if self.num_steps is None and not self.num_epochs > 0:
+      raise ValueError(f"num_epochs must be > 0, got {self.num_epochs}")
+    if self.num_steps is not None and self.num_steps < 0:
+      raise ValueError(f"num_steps must be >= 0, got {self.num_steps}")
+    if self.checkpoint_every < 1 or self.log_every < 1:
+      raise ValueError("checkpoint_every and log_every must be >= 1")
+
+
+# --- Fields as flags -----------------------------------------------------------------------
+
+
+def _type(hint) -> tuple[Any, Any]:
+  """(base type, item type of a tuple or None) of a field's annotation, `| None` dropped."""
+  if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+    (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+  if typing.get_origin(hint) is tuple:
+    return tuple, typing.get_args(hint)[0]
+  return hint, None
+
+
+def _fields(cls) -> list[tuple[dataclasses.Field, Any]]:
+  """(field, resolved annotation) of `cls` and its nested configs, flattened, in order."""
+  hints = typing.get_type_hints(cls)
+  out = []
+  for f in dataclasses.fields(cls):
+    if dataclasses.is_dataclass(hints[f.name]):
+      out += _fields(hints[f.name])
+    elif f.metadata.get("flag", False):
+      out.append((f, hints[f.name]))
+  return out
+
+
+def flag_names(cls=RunConfig) -> list[str]:
+  """The flags `define_flags(cls)` defines, in field order."""
+  return [f.name for f, _ in _fields(cls)]
+
+
+def define_flags(cls=RunConfig, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines one absl flag per field of `cls` (and of its nested configs).
+
+  Types follow the annotations: bool, int, float, str (an enum when the field
+  has choices), each possibly None by default, and tuples as comma-separated
+  lists. The default and help are the field's.
+  """
+  for f, hint in _fields(cls):
+    base, _ = _type(hint)
+    default, help_text, choices = f.default, f.metadata["help"], f.metadata["choices"]
+    if base is tuple:
+      flags.DEFINE_list(f.name, [str(v) for v in default], help_text, flag_values=flag_values)
+    elif base is bool:
+      flags.DEFINE_bool(f.name, default, help_text, flag_values=flag_values)
+    elif base is int:
+      flags.DEFINE_integer(f.name, default, help_text, flag_values=flag_values)
+    elif base is float:
+      flags.DEFINE_float(f.name, default, help_text, flag_values=flag_values)
+    elif choices:
+      flags.DEFINE_enum(f.name, default, list(choices), help_text, flag_values=flag_values)
+    else:
+      flags.DEFINE_string(f.name, default, help_text, flag_values=flag_values)
+
+
+def _items(name: str, values, kind) -> tuple:
+  try:
+    return tuple(kind(v) for v in values)
+  except ValueError:
+    what = {int: "integers", float: "numbers"}.get(kind, "values")
+    raise ValueError(f"--{name} takes comma-separated {what}, got {','.join(values)}") from None
+
+
+def _build(cls, value_of) -> Any:
+  """`cls` with each flagged field's value from `value_of(field, annotation)`, nested too."""
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for f in dataclasses.fields(cls):
+    if dataclasses.is_dataclass(hints[f.name]):
+      kwargs[f.name] = _build(hints[f.name], value_of)
+    elif f.metadata.get("flag", False):
+      kwargs[f.name] = value_of(f, hints[f.name])
+  return cls(**kwargs)
+
+
+def from_flags(cls=RunConfig, flag_values: flags.FlagValues = flags.FLAGS) -> Any:
+  """The config the parsed flags describe (a one-line ValueError for bad values)."""
+  def value_of(f, hint):
+    value = flag_values[f.name].value
+    base, item = _type(hint)
+    return _items(f.name, value, item) if base is tuple else value
+  return _build(cls, value_of)
+
+
+# --- JSON (config.json) ---------------------------------------------------------------------
+
+
+def to_json(config) -> dict[str, Any]:
+  """The config as a JSON-able dict (nested configs as nested dicts)."""
+  return dataclasses.asdict(config)
+
+
+def from_json(cls, obj: dict[str, Any]) -> Any:
+  """`cls` from `to_json`'s dict. Keys it does not know (facts written beside the config,
+  fields of a newer version) are ignored; missing ones take their defaults.
+
+  Raises:
+    ValueError: a value of the wrong kind (one line).
+  """
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for f in dataclasses.fields(cls):
+    if f.name not in obj:
+      continue
+    value = obj[f.name]
+    if dataclasses.is_dataclass(hints[f.name]):
+      if not isinstance(value, dict):
+        raise ValueError(f"{f.name} should be an object, got {value!r}")
+      value = from_json(hints[f.name], value)
+    elif isinstance(value, list):
+      value = tuple(value)  # JSON has no tuples.
+    kwargs[f.name] = value
+  return cls(**kwargs)
