@@ -189,33 +189,40 @@ _POOL_PAD = PoolSpec(window=3, stride=2, padding=_pad(0, 1))
 _POOL = PoolSpec(window=3, stride=2)
 
 
-def _zfnet(name="zfnet", conv_features=(96, 256, 384, 384, 256), fc=4096) -> Arch:
-  f1, f2, f3, f4, f5 = conv_features
+def _five_conv(name: str, image_size: int, num_classes: int, features: Sequence[int], fc: int,
+               *, layer1: tuple[int, int, int], layer2: tuple[int, int, int],
+               pool12: PoolSpec, pool5: PoolSpec) -> Arch:
+  """Fig. 3's layout, which every preset shares: five conv layers, max pool and LRN after
+  layers 1 and 2, max pool after 5, two hidden fc layers of `fc` units.
+
+  layer1, layer2: (kernel, stride, padding) of the first two layers; layers 3-5 are
+  3x3/1 with padding 1.
+  """
+  f1, f2, f3, f4, f5 = features
+  (k1, s1, p1), (k2, s2, p2) = layer1, layer2
   return Arch(
-      name=name, image_size=224, num_classes=1000, dropout=0.5,
+      name=name, image_size=image_size, num_classes=num_classes, dropout=0.5,
       convs=(
-          ConvSpec(1, f1, kernel=7, stride=2, padding=_pad(1), pool=_POOL_PAD, norm=_LRN),
-          ConvSpec(2, f2, kernel=5, stride=2, padding=_pad(0), pool=_POOL_PAD, norm=_LRN),
+          ConvSpec(1, f1, kernel=k1, stride=s1, padding=_pad(p1), pool=pool12, norm=_LRN),
+          ConvSpec(2, f2, kernel=k2, stride=s2, padding=_pad(p2), pool=pool12, norm=_LRN),
           ConvSpec(3, f3, kernel=3, stride=1, padding=_pad(1)),
           ConvSpec(4, f4, kernel=3, stride=1, padding=_pad(1)),
-          ConvSpec(5, f5, kernel=3, stride=1, padding=_pad(1), pool=_POOL),
+          ConvSpec(5, f5, kernel=3, stride=1, padding=_pad(1), pool=pool5),
       ),
       fcs=(FCSpec(6, fc), FCSpec(7, fc)),
   )
 
 
+def _zfnet(name="zfnet", conv_features=(96, 256, 384, 384, 256), fc=4096) -> Arch:
+  """Fig. 3: 7x7/2 first-layer filters, 5x5/2 in layer 2 (maps 110, 55, 26, 13, 6)."""
+  return _five_conv(name, 224, 1000, conv_features, fc, layer1=(7, 2, 1), layer2=(5, 2, 0),
+                    pool12=_POOL_PAD, pool5=_POOL)
+
+
 def _alexnet() -> Arch:
-  return Arch(
-      name="alexnet", image_size=224, num_classes=1000, dropout=0.5,
-      convs=(
-          ConvSpec(1, 96, kernel=11, stride=4, padding=_pad(2), pool=_POOL, norm=_LRN),
-          ConvSpec(2, 256, kernel=5, stride=1, padding=_pad(2), pool=_POOL, norm=_LRN),
-          ConvSpec(3, 384, kernel=3, stride=1, padding=_pad(1)),
-          ConvSpec(4, 384, kernel=3, stride=1, padding=_pad(1)),
-          ConvSpec(5, 256, kernel=3, stride=1, padding=_pad(1), pool=_POOL),
-      ),
-      fcs=(FCSpec(6, 4096), FCSpec(7, 4096)),
-  )
+  """Krizhevsky et al. (2012) with dense connections: 11x11/4 first-layer filters."""
+  return _five_conv("alexnet", 224, 1000, (96, 256, 384, 384, 256), 4096,
+                    layer1=(11, 4, 2), layer2=(5, 1, 2), pool12=_POOL, pool5=_POOL)
 
 
 def _small(name="zfnet_small", features=(32, 64, 96, 96, 64), fc=256) -> Arch:
@@ -225,18 +232,8 @@ def _small(name="zfnet_small", features=(32, 64, 96, 96, 64), fc=256) -> Arch:
   layers, as in Fig. 3; 5x5/1 first-layer filters because a 32 px image has
   no pixels to spare for ZFNet's 7x7/2. Maps: 32 -> 16 -> 8 -> 8 -> 8 -> 4.
   """
-  f1, f2, f3, f4, f5 = features
-  return Arch(
-      name=name, image_size=32, num_classes=10, dropout=0.5,
-      convs=(
-          ConvSpec(1, f1, kernel=5, stride=1, padding=_pad(2), pool=_POOL_PAD, norm=_LRN),
-          ConvSpec(2, f2, kernel=5, stride=1, padding=_pad(2), pool=_POOL_PAD, norm=_LRN),
-          ConvSpec(3, f3, kernel=3, stride=1, padding=_pad(1)),
-          ConvSpec(4, f4, kernel=3, stride=1, padding=_pad(1)),
-          ConvSpec(5, f5, kernel=3, stride=1, padding=_pad(1), pool=_POOL_PAD),
-      ),
-      fcs=(FCSpec(6, fc), FCSpec(7, fc)),
-  )
+  return _five_conv(name, 32, 10, features, fc, layer1=(5, 1, 2), layer2=(5, 1, 2),
+                    pool12=_POOL_PAD, pool5=_POOL_PAD)
 
 
 _PRESETS = {
