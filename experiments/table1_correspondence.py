@@ -8,7 +8,7 @@ parts (5 T-shirts; sleeves and neck in the role of the eyes and nose):
 
   python -m experiments.table1_correspondence --workdir=runs/quickstart
 
-Any other dataset needs a parts file (format: zf_jax.analyses.correspondence.PARTS_FORMAT),
+Any other dataset needs a parts file (format: zf_jax.analyses.part_boxes.PARTS_FORMAT),
 e.g. 5 frontal dog images of the ImageNet validation set, as in the paper:
 
   python -m experiments.table1_correspondence --workdir=runs/zfnet \
@@ -26,7 +26,7 @@ from experiments import cli, common
 from zf_jax.report import table1
 
 common.define_flags()
-flags.DEFINE_string("parts", None, "Part boxes, a JSON file (see zf_jax.analyses.correspondence."
+flags.DEFINE_string("parts", None, "Part boxes, a JSON file (see zf_jax.analyses.part_boxes."
                     "PARTS_FORMAT); default: the built-in ones of the dataset, if any.")
 flags.DEFINE_integer("num_random", 50, "Random-part draws (each masks every image once).",
                      lower_bound=1)

@@ -22,7 +22,7 @@ import time
 from absl import flags
 
 from experiments import cli
-from zf_jax.report import visualize
+from zf_jax.report import run_report
 from zf_jax.runs import config, evaluation, trainer
 
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, figures).",
@@ -44,7 +44,7 @@ def main(_):
     summary = trainer.train_and_evaluate(cfg, FLAGS.workdir)
   except trainer.NonFiniteLossError as e:
     cli.fail(str(e), status=1)
-  report = visualize.after_training(summary) if cfg.visualize else None
+  report = run_report.after_training(summary) if cfg.visualize else None
   line = f"{summary['status']}: {summary['step']}/{summary['total_steps']} steps"
   if summary["status"] == "complete" and summary.get("eval"):
     line += f"; {summary['dataset']} accuracy {_accuracy(summary)}"

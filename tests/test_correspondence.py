@@ -12,7 +12,7 @@ import pytest
 from conftest import run_module
 from zf_jax import arch as arch_lib
 from zf_jax import model
-from zf_jax.analyses import correspondence
+from zf_jax.analyses import correspondence, part_boxes
 from zf_jax.report import page, table1
 
 TINY = arch_lib.get("zfnet_tiny")
@@ -153,35 +153,35 @@ def test_parts_file_rejects_a_bad_entry_in_one_line_naming_it(tmp_path, edit, me
   path = tmp_path / "parts.json"
   path.write_text(json.dumps(obj), encoding="utf-8")
   with pytest.raises(ValueError, match=message) as info:
-    correspondence.load_parts(path)
+    part_boxes.load_parts(path)
   assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
 def test_parts_file_round_trips_and_a_broken_json_is_one_line(tmp_path):
-  parts = correspondence.parse_parts(_parts_obj())
+  parts = part_boxes.parse_parts(_parts_obj())
   assert parts.indices == (3, 9) and parts.names == ("eye", "nose")
   np.testing.assert_array_equal(parts.boxes["nose"], [[10, 10, 14, 14], [11, 10, 15, 14]])
   np.testing.assert_array_equal(parts.objects, [[0, 0, 32, 32], [0, 0, 20, 20]])
-  again = correspondence.parse_parts(json.loads(json.dumps(parts.to_json())))
+  again = part_boxes.parse_parts(json.loads(json.dumps(parts.to_json())))
   assert again.indices == parts.indices and again.dataset == "d"
   np.testing.assert_array_equal(again.boxes["eye"], parts.boxes["eye"])
   path = tmp_path / "bad.json"
   path.write_text("{\"image_size\": 32,", encoding="utf-8")
   with pytest.raises(ValueError, match=r"is not valid JSON") as info:
-    correspondence.load_parts(path)
+    part_boxes.load_parts(path)
   assert "\n" not in str(info.value)
   with pytest.raises(ValueError, match=r"for split 'test', not 'validation': pass --split=test"):
-    correspondence.check_parts(parts, dataset="d", split="validation", image_size=32)
+    part_boxes.check_parts(parts, dataset="d", split="validation", image_size=32)
   with pytest.raises(ValueError, match=r"boxes are for 32 px crops but the model's input is 224"):
-    correspondence.check_parts(parts, dataset="d", split="test", image_size=224)
-  correspondence.check_labels(parts, [7, 7])  # The file names no label: nothing to check.
-  labelled = correspondence.parse_parts({**_parts_obj(), "label": 7})
+    part_boxes.check_parts(parts, dataset="d", split="test", image_size=224)
+  part_boxes.check_labels(parts, [7, 7])  # The file names no label: nothing to check.
+  labelled = part_boxes.parse_parts({**_parts_obj(), "label": 7})
   with pytest.raises(ValueError, match=r"example 9 has label 2, the parts file says 7"):
-    correspondence.check_labels(labelled, [7, 2])
+    part_boxes.check_labels(labelled, [7, 2])
 
 
 def test_builtin_parts_are_five_t_shirts_and_other_datasets_need_a_file():
-  parts = correspondence.builtin_parts("fashion_mnist_debian")
+  parts = part_boxes.builtin_parts("fashion_mnist_debian")
   assert len(parts.indices) == 5 and parts.label == 0 and parts.image_size == TINY.image_size
   assert parts.names == ("left sleeve", "right sleeve", "neck")
   # Random boxes of every part's size fit in every image's object box.
@@ -190,12 +190,12 @@ def test_builtin_parts_are_five_t_shirts_and_other_datasets_need_a_file():
     correspondence.random_boxes(np.random.default_rng(0), size, parts.objects)
   with pytest.raises(ValueError, match=r"no built-in part boxes for dataset 'imagenet2012'.*"
                                        r"pass --parts=FILE, a JSON object") as info:
-    correspondence.builtin_parts("imagenet2012")
+    part_boxes.builtin_parts("imagenet2012")
   assert "\n" not in str(info.value)
 
 
 def test_analyse_and_table1_on_a_tiny_model(params):
-  parts = correspondence.parse_parts(_parts_obj())
+  parts = part_boxes.parse_parts(_parts_obj())
   images = _images(2, seed=3)
   result = correspondence.analyse(params, TINY, images, parts, num_random=4, seed=1)
   again = correspondence.analyse(params, TINY, images, parts, num_random=4, seed=1)

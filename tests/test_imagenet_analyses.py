@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from zf_jax.analyses import invariance, source
-from zf_jax.report import page, visualize
+from zf_jax.report import page, run_report
 from zf_jax.runs import checkpoint, trainer
 from zf_jax.train import TrainConfig
 from zf_jax.runs.config import RunConfig
@@ -38,7 +38,7 @@ def _mock_imagenet_run(tmp_path, monkeypatch):
 
 def test_report_figures_and_invariance_run_on_imagenet2012(mock_imagenet_run):
   workdir = mock_imagenet_run
-  path = visualize.quick_report(workdir, maps_per_layer=2, occlusion_images=2, batch_size=8)
+  path = run_report.quick_report(workdir, maps_per_layer=2, occlusion_images=2, batch_size=8)
   src = source.open_source(workdir, batch_size=8)
   assert (src.icfg.dataset, src.split, src.arch.num_classes) == ("imagenet2012", "validation",
                                                                  1000)

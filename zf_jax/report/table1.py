@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from zf_jax.analyses import correspondence, source
-from zf_jax.analyses.correspondence import PAPER_TABLE1, PAPER_TITLE, PartBoxes
+from zf_jax.analyses import correspondence, part_boxes, source
+from zf_jax.analyses.correspondence import PAPER_TABLE1, PAPER_TITLE
+from zf_jax.analyses.part_boxes import PartBoxes
 from zf_jax.report import figures, page, tables
 
 NAME = "table1"  # The table's file stem and the report section's key.
@@ -135,7 +136,7 @@ def table1(src: source.Source, parts: PartBoxes | str | os.PathLike | None = Non
   Args:
     src: the run and split the parts' images are in.
     parts: the part boxes, or the path of a parts file
-      (`correspondence.PARTS_FORMAT`); None: the dataset's built-in ones.
+      (`part_boxes.PARTS_FORMAT`); None: the dataset's built-in ones.
     num_random: random-part draws (each masks every image once).
     seed: numpy seed of the random boxes.
     layers: the paper's layer numbers to measure at (the paper: 5 and 7).
@@ -151,13 +152,13 @@ def table1(src: source.Source, parts: PartBoxes | str | os.PathLike | None = Non
   """
   dataset = src.icfg.dataset
   if parts is None:
-    parts = correspondence.builtin_parts(dataset)
+    parts = part_boxes.builtin_parts(dataset)
   elif not isinstance(parts, PartBoxes):
-    parts = correspondence.load_parts(parts)
-  correspondence.check_parts(parts, dataset=dataset, split=src.split,
+    parts = part_boxes.load_parts(parts)
+  part_boxes.check_parts(parts, dataset=dataset, split=src.split,
                              image_size=src.icfg.image_size)
   ex = source.load_examples(src, parts.indices)
-  correspondence.check_labels(parts, ex["label"])
+  part_boxes.check_labels(parts, ex["label"])
   result = correspondence.analyse(src.params, src.arch, ex["image"], parts,
                                   num_random=num_random, seed=seed, layers=layers,
                                   batch_size=batch_size or src.icfg.global_batch_size)

@@ -4,7 +4,7 @@ Each `fig*` function computes one figure of the paper for a `Source` (a
 restored run and a split, see `zf_jax.analyses.source`), writes PNGs to
 `<workdir>/figures/`, the numbers behind them to `<workdir>/tables/`, and
 its section of `<workdir>/report.html`. The experiment binaries and the
-quickstart call these with their flags.
+quickstart (`zf_jax.report.run_report`) call these with their flags.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import math
 import os
 from collections.abc import Sequence
 
-import jax
 import matplotlib
 from matplotlib.patches import Patch
 import numpy as np
@@ -22,7 +21,6 @@ from zf_jax import chunks, occlusion
 from zf_jax.analyses import source, topk
 from zf_jax.data import input_pipeline
 from zf_jax.report import figures, page, tables
-from zf_jax.runs import evaluation
 from zf_jax.runs.workdir import Workdir
 from zf_jax.arch import Arch
 
@@ -314,43 +312,6 @@ def fig7(src: source.Source, indices: Sequence[int], *, patch: int | None = None
   return path
 
 
-def training_section(workdir: str) -> str:
-  """The run's training curves and final accuracy as the report's first section."""
-  wd = Workdir(workdir)
-  workdir = wd.path
-  curves: dict[str, list[tuple[int, float]]] = {}
-  for row in wd.metrics():
-    for key in ("loss", "top1_error"):
-      if key in row:
-        curves.setdefault(f"{row['split']} {key}", []).append((row["step"], row[key]))
-  items = {}
-  summary = wd.summary()
-  if summary:
-    items["arch / dataset"] = f"{summary.get('arch')} / {summary.get('dataset')}"
-    items["steps"] = summary.get("step")
-    for crops, r in summary.get("eval", {}).items():
-      items[f"accuracy ({evaluation.CROP_NAMES.get(crops, crops)}, "
-            f"{r['count']} images)"] = f"{100 * (1 - r['top1_error']):.2f}%"
-    if "train_seconds" in summary:
-      items["training time"] = f"{summary['train_seconds'] / 60:.1f} min"
-  figs = []
-  if curves:
-    fig = figures.new_figure(8, 3)
-    ax_loss, ax_err = fig.subplots(1, 2)
-    for name, pts in sorted(curves.items()):
-      steps, values = zip(*sorted(pts))
-      (ax_loss if name.endswith("loss") else ax_err).plot(steps, values, label=name,
-                                                          marker="o" if "valid" in name else None)
-    for ax, title in ((ax_loss, "loss"), (ax_err, "top-1 error")):
-      ax.set_xlabel("step")
-      ax.set_title(title, fontsize=9)
-      ax.legend(fontsize=7)
-    figs.append(figures.save(fig, page.figure_path(workdir, "training.png")))
-  return page.add_section(workdir, "training", "Training", items=items, figures=figs,
-                            text="Loss and top-1 error during training (metrics.jsonl); "
-                            "final accuracy from summary.json.")
-
-
 def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[int] | None = None,
          maps_per_layer: int = 4, seed: int = 0, max_examples: int | None = 10_000,
          dataset: str | None = None, split: str = "train", data_dir: str | None = None,
@@ -406,54 +367,3 @@ def fig4(workdir: str, *, steps: Sequence[int] | None = None, layers: Sequence[i
             "the unit's receptive field. Section 4 (Feature Evolution during Training), "
             "Fig. 4."), figures=[path])
   return path
-
-
-
-
-def after_training(summary: dict) -> str | None:
-  """The report of a finished run (`trainer.train_and_evaluate`'s summary), or None.
-
-  Written once: a rerun of a complete run reuses it. With several processes
-  the analyses (one process each) are left to the figure binaries.
-  """
-  if summary["status"] != "complete":
-    return None
-  workdir = summary["workdir"]
-  if jax.process_count() > 1:
-    if jax.process_index() == 0:
-      print("--visualize is skipped with several processes: run `python -m experiments."
-            f"fig2_top9 --workdir={workdir}` (and the other figure binaries) on one host")
-    return None
-  path = os.path.join(workdir, page.REPORT_FILE)
-  if summary.get("already_complete") and os.path.exists(path):
-    return path
-  print("writing the visualisations (Figs. 2, 4, 6, 7) ...", flush=True)
-  return quick_report(workdir)
-
-
-def quick_report(workdir: str, *, maps_per_layer: int = 8, occlusion_images: int = 4,
-                 fill: str = "black", evolution: bool = True, max_examples: int | None = None,
-                 batch_size: int = 128) -> str:
-  """The embedded default's report: training, Figs. 6, 2, 7 (and 4) for one run.
-
-  Args:
-    workdir: a finished training run.
-    maps_per_layer: Fig. 2 maps per layer.
-    occlusion_images: Fig. 7 rows (test images, one per class first).
-    fill: Fig. 7's occluder (see `fig7`); black suits the embedded Fashion-MNIST.
-    evolution: also Fig. 4, over the checkpoints the run kept.
-    max_examples: stream only this many examples of the evaluation split for Fig. 2.
-    batch_size: images per forward pass.
-
-  Returns:
-    The path of report.html.
-  """
-  training_section(workdir)
-  fig6_filters([workdir])
-  src = source.open_source(workdir, batch_size=batch_size)
-  fig2(src, maps_per_layer=maps_per_layer, max_examples=max_examples)
-  # Fashion-MNIST's background is black: a black occluder is its neutral one (see fig7).
-  fig7(src, source.first_of_classes(src, occlusion_images), fill=fill)
-  if evolution:
-    fig4(workdir, maps_per_layer=2, max_examples=5_000, batch_size=batch_size)
-  return page.write_report(workdir)
