@@ -16,7 +16,7 @@ from typing import Any
 
 
 def option(default: Any, help: str, *, choices: Sequence[str] | None = None,  # pylint: disable=redefined-builtin
-           flag: bool = True) -> Any:
+           flag: bool = True, off: Any = None) -> Any:
   """A dataclass field with its help text (and allowed values) for the generated flag.
 
   Args:
@@ -25,9 +25,11 @@ def option(default: Any, help: str, *, choices: Sequence[str] | None = None,  # 
     choices: the allowed values of a string field (or of each item of a tuple
       of strings); other values are refused with a one-line error.
     flag: False for a field that is derived from others and takes no flag.
+    off: the flag value that stands for None (e.g. --rms_radius=0: no
+      renormalisation), for a field whose None a flag cannot spell.
   """
   return dataclasses.field(default=default, metadata={
-      "help": help, "choices": tuple(choices) if choices else None, "flag": flag})
+      "help": help, "choices": tuple(choices) if choices else None, "flag": flag, "off": off})
 
 
 def check_choices(config: Any) -> None:

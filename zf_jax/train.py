@@ -60,7 +60,7 @@ class TrainConfig:
   dropout: float = option(0.5, "Dropout rate on fc layers 6 and 7 (Section 3: 0.5).")
   rms_radius: float | None = option(
       0.1, "Conv filter RMS renormalisation radius (Section 3: 0.1); 0 turns it off "
-      "(Fig. 6 (a)).")
+      "(Fig. 6 (a)).", off=0)
   weight_decay: float = option(0.0, "L2 weight decay on weights (not in the paper).")
   init_scheme: str = option("paper", "Weight initialisation: paper (N(0, 1e-2^2), biases 0) "
                             "or he.", choices=model.INIT_SCHEMES)
@@ -78,16 +78,13 @@ class TrainConfig:
       1e-3, "Absolute improvement of the validation error that counts (plateau rule).")
 
   def __post_init__(self):
-    if self.rms_radius == 0:  # The flag's "off".
-      object.__setattr__(self, "rms_radius", None)
     check_choices(self)
     if self.learning_rate <= 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
     if self.batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
     if self.rms_radius is not None and self.rms_radius <= 0:
-      raise ValueError(f"rms_radius must be > 0 (0 or None: no renormalisation), "
-                       f"got {self.rms_radius}")
+      raise ValueError(f"rms_radius must be > 0 (or None for no clipping), got {self.rms_radius}")
     if not 0 <= self.dropout < 1:
       raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
     if not self.first_layer_lr_scale > 0:

@@ -25,7 +25,7 @@ ORDER = ("training", "fig6", "fig2", "fig7", "fig4", "fig5", "table1", "table2")
 
 def figure_path(directory: str | os.PathLike, name: str) -> str:
   """`<directory>/figures/<name>` (a PNG file name), its folder created."""
-  check_name("figure name", name)
+  check_name(name, "figure name must be a plain file name")
   folder = os.path.join(os.path.abspath(os.fspath(directory)), FIGURES_DIR)
   os.makedirs(folder, exist_ok=True)
   return os.path.join(folder, name)
@@ -48,7 +48,7 @@ def add_section(directory: str | os.PathLike, key: str, title: str, *, text: str
   Returns:
     The path of report.html.
   """
-  check_name("section key", key)
+  check_name(key, "section key must be a plain name")
   root = os.path.abspath(os.fspath(directory))
   rel = []
   for path in figures:

@@ -20,10 +20,13 @@ TABLES_DIR = "tables"
 _NAME = re.compile(r"^[\w.-]+$")
 
 
-def check_name(what: str, name: str) -> None:
-  """Raises a one-line ValueError unless `name` is a plain file name (no folders)."""
+def check_name(name: str, what: str) -> None:
+  """Raises a one-line ValueError unless `name` is a plain file name (no folders).
+
+  `what` says what it names, e.g. "table name must be a plain file stem".
+  """
   if not _NAME.match(name) or name in (".", ".."):
-    raise ValueError(f"{what} must be a plain file name (letters, digits, _ - .), got {name!r}")
+    raise ValueError(f"{what} (letters, digits, _ - .), got {name!r}")
 
 
 def cell(value: Any) -> str:
@@ -70,7 +73,7 @@ def write_table(directory: str | os.PathLike, name: str, markdown: str,
   Raises:
     ValueError: a name that is not a plain file stem, or an object JSON cannot hold.
   """
-  check_name("table name", name)
+  check_name(name, "table name must be a plain file stem")
   try:
     # Serialise before touching the disk: a bad object leaves no half-written pair.
     text = json.dumps(json_obj, indent=2, allow_nan=False) + "\n"

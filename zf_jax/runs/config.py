@@ -160,6 +160,8 @@ def from_flags(cls=RunConfig, flag_values: flags.FlagValues = flags.FLAGS) -> An
   """The config the parsed flags describe (a one-line ValueError for bad values)."""
   def value_of(f, hint):
     value = flag_values[f.name].value
+    if f.metadata["off"] is not None and value == f.metadata["off"]:
+      return None
     base, item = _type(hint)
     return _items(f.name, value, item) if base is tuple else value
   return _build(cls, value_of)

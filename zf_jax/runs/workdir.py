@@ -125,7 +125,7 @@ class Workdir:
   def no_run(self) -> NoRunError:
     """The one error for "there is no training run here"."""
     what = "does not exist" if not os.path.isdir(self.path) else f"has no {CONFIG_FILE}"
-    return NoRunError(f"{self.path} {what}: not a training workdir (train into it with "
+    return NoRunError(f"run workdir {self.path} {what}: not a training workdir (train into it with "
                       f"python -m experiments.train_imagenet --workdir={self.path})")
 
   def write_config(self, cfg: RunConfig, **facts: Any) -> None:
