@@ -1,4 +1,5 @@
-"""Specifications of zf_jax.runs.evaluation, zf_jax.report.page and experiments/evaluate.py (Table 2).
+"""Specifications of zf_jax.runs.evaluation, zf_jax.report.tables and experiments/evaluate.py
+(Table 2).
 
 Ensembles and tables are checked on hand-made probabilities; the binary is
 run end to end on two tiny runs trained on tfds' mock data.

@@ -1,5 +1,5 @@
-"""Specifications of zf_jax.analyses.topk (Fig. 2): streaming top-k equals brute force; projections and
-patches are the right ones."""
+"""Specifications of zf_jax.analyses.topk (Fig. 2): streaming top-k equals brute force;
+projections and patches are the right ones."""
 
 import jax
 import jax.numpy as jnp

@@ -711,7 +711,8 @@ def test_damaged_latest_checkpoint_resumes_from_the_one_before_and_is_kept(
   summary = trainer.train_and_evaluate(longer, workdir)
   output = capsys.readouterr().out
   assert summary["status"] == "complete" and summary["step"] == 8
-  assert re.search(r"checkpoint step 6 is damaged \(.+\); moved it to .*damaged_checkpoints", output)
+  assert re.search(r"checkpoint step 6 is damaged \(.+\); moved it to .*damaged_checkpoints",
+                   output)
   assert "resumed from" in output and "at step 4 of 8" in output, output
   kept = os.path.join(workdir, workdir_lib.DAMAGED_DIR, "6")
   assert sorted(os.path.relpath(p, kept) for p in glob.glob(os.path.join(kept, "**"),

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def option(default: Any, help: str, *, choices: Sequence[str] | None = None,  # pylint: disable=redefined-builtin
-           flag: bool = True, off: Any = None) -> Any:
+def option(default: Any, help: str, *,  # pylint: disable=redefined-builtin
+           choices: Sequence[str] | None = None, flag: bool = True, off: Any = None) -> Any:
   """A dataclass field with its help text (and allowed values) for the generated flag.
 
   Args:

@@ -69,6 +69,7 @@ PAPER_TABLE1 = (
 )
 PAPER_TITLE = "Measure of correspondence for different object parts in 5 different dog images"
 
+
 # --- Delta: the consistency of sign changes (pure JAX) ---
 
 @struct.dataclass
@@ -265,4 +266,3 @@ def analyse(params, arch: Arch, images: np.ndarray, parts: PartBoxes, *, num_ran
                            "delta": float(np.mean(rand.delta)),
                            "std_over_draws": float(np.std(rand.normalised))}
   return result
-

@@ -35,6 +35,7 @@ from zf_jax.runs import workdir as workdir_lib
 from zf_jax.runs.config import RunConfig
 from zf_jax.runs.workdir import input_config, make_mesh
 
+
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN or infinite; the run stopped before saving it."""
 

@@ -157,8 +157,7 @@ class Workdir:
 
   def arch(self) -> arch_lib.Arch:
     """The run's architecture, with the number of classes it was trained on."""
-    cfg, facts = self.read_config()
-    return arch_lib.with_classes(arch_lib.get(cfg.arch), int(facts["num_classes"]))
+    return _arch(*self.read_config())
 
   # --- checkpoints -----------------------------------------------------------------------
 
@@ -263,8 +262,8 @@ class Workdir:
       DamagedCheckpointError: that checkpoint cannot be read (one line).
       ValueError: config.json is not a run configuration (e.g. unknown arch).
     """
-    cfg, _ = self.read_config()
-    arch = self.arch()
+    cfg, facts = self.read_config()
+    arch = _arch(cfg, facts)
     mesh = make_mesh() if mesh is None else mesh
     state, _, step = self.restore(abstract_state(cfg, arch, mesh), step)
     return Run(workdir=self.path, config=cfg, arch=arch, params=state.params, step=step)
@@ -289,6 +288,10 @@ class Workdir:
 
   def write_summary(self, summary: dict[str, Any]) -> str:
     return atomic_write(self.file(SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+
+
+def _arch(cfg: RunConfig, facts: dict[str, Any]) -> arch_lib.Arch:
+  return arch_lib.with_classes(arch_lib.get(cfg.arch), int(facts["num_classes"]))
 
 
 def _newest_intact(ckpt: checkpoint.Checkpointer, abstract, steps, failures=None):
