@@ -34,15 +34,6 @@ def fail(message: str, status: int = 2):
   sys.exit(status)
 
 
-def numbers(name: str, values, kind=int) -> tuple:
-  """A list flag's values as numbers; a one-line ValueError names the flag otherwise."""
-  try:
-    return tuple(kind(v) for v in values)
-  except ValueError:
-    what = "integers" if kind is int else "numbers"
-    raise ValueError(f"--{name} takes comma-separated {what}, got {','.join(values)}") from None
-
-
 def shipped_flagfiles() -> list[str]:
   """Names of the flagfiles shipped with the project (experiments/flagfiles/)."""
   return sorted(f for f in os.listdir(FLAGFILES_DIR) if f.endswith(".flags"))

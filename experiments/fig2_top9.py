@@ -11,6 +11,7 @@ figures/fig2_layer<l>.png, tables/fig2_top9.{md,json} and the report section.
 from absl import flags
 
 from experiments import cli, common
+from zf_jax.options import numbers
 from zf_jax import deconv
 from zf_jax.report import visualize
 
@@ -30,7 +31,7 @@ FLAGS = flags.FLAGS
 
 def main(_):
   src = common.open_source()
-  paths = visualize.fig2(src, layers=cli.numbers("layers", FLAGS.layers) or None,
+  paths = visualize.fig2(src, layers=numbers("layers", FLAGS.layers) or None,
                          maps_per_layer=FLAGS.maps_per_layer, k=FLAGS.top, seed=FLAGS.seed,
                          mode=FLAGS.mode, max_examples=FLAGS.max_examples)
   print("\n".join(paths))

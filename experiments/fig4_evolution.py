@@ -11,6 +11,7 @@ Writes figures/fig4_evolution.png and the report section.
 from absl import flags
 
 from experiments import cli, common
+from zf_jax.options import numbers
 from zf_jax.report import visualize
 
 common.define_flags()
@@ -27,8 +28,8 @@ FLAGS = flags.FLAGS
 def main(_):
   if FLAGS.step is not None:
     raise ValueError("--step does not apply to Fig. 4 (it reads several checkpoints): use --steps")
-  path = visualize.fig4(FLAGS.workdir, steps=cli.numbers("steps", FLAGS.steps) or None,
-                        layers=cli.numbers("layers", FLAGS.layers) or None,
+  path = visualize.fig4(FLAGS.workdir, steps=numbers("steps", FLAGS.steps) or None,
+                        layers=numbers("layers", FLAGS.layers) or None,
                         maps_per_layer=FLAGS.maps_per_layer, seed=FLAGS.seed,
                         max_examples=FLAGS.max_examples or None, dataset=FLAGS.dataset,
                         split=FLAGS.split or "train", data_dir=FLAGS.data_dir,

@@ -18,6 +18,7 @@ zf_jax.report.fig5.fig5 (what a notebook calls with an opened Source).
 from absl import flags
 
 from experiments import cli, common
+from zf_jax.options import numbers
 from zf_jax.analyses import invariance
 from zf_jax.report import fig5
 
@@ -39,8 +40,8 @@ FLAGS = flags.FLAGS
 
 def main(_):
   kinds = fig5.check_kinds(FLAGS.kinds)  # Before the run is opened: bad flags fail fast.
-  layers = cli.numbers("layers", FLAGS.layers)
-  indices = cli.numbers("indices", FLAGS.indices) or None
+  layers = numbers("layers", FLAGS.layers)
+  indices = numbers("indices", FLAGS.indices) or None
   out = fig5.fig5(common.open_source(), indices, num_images=FLAGS.num_images, kinds=kinds,
                   layers=layers, num_amounts=FLAGS.num_amounts, max_shift=FLAGS.max_shift,
                   max_scale=FLAGS.max_scale)

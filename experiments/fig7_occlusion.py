@@ -11,6 +11,7 @@ figures/fig7_occlusion.png, tables/fig7_occlusion.{md,json} and the report secti
 from absl import flags
 
 from experiments import cli, common
+from zf_jax.options import numbers
 from zf_jax.analyses import source
 from zf_jax.report import visualize
 
@@ -32,7 +33,7 @@ FLAGS = flags.FLAGS
 
 def main(_):
   src = common.open_source()
-  indices = cli.numbers("indices", FLAGS.indices) or source.first_of_classes(
+  indices = numbers("indices", FLAGS.indices) or source.first_of_classes(
       src, FLAGS.num_images)
   if FLAGS.patch is not None and FLAGS.patch > src.arch.image_size:
     raise ValueError(f"--patch={FLAGS.patch} is larger than the model's "

@@ -23,6 +23,7 @@ zf_jax.report.table1.table1 (what a notebook calls with an opened Source).
 from absl import flags
 
 from experiments import cli, common
+from zf_jax.options import numbers
 from zf_jax.report import table1
 
 common.define_flags()
@@ -39,7 +40,7 @@ FLAGS = flags.FLAGS
 
 
 def _layers(values) -> tuple[int, ...]:
-  layers = cli.numbers("layers", values)
+  layers = numbers("layers", values)
   if not layers:
     raise ValueError("--layers needs at least one layer number, e.g. 5,7")
   return layers

@@ -306,7 +306,7 @@ from zf_jax import arch as arch_lib, train
 from zf_jax.data import input_pipeline
 from zf_jax.runs import checkpoint, trainer
 from zf_jax.runs.config import RunConfig
-from zf_jax.runs.workdir import input_config, make_mesh
+from zf_jax.runs.workdir import abstract_state, input_config, make_mesh
 from zf_jax.train import TrainConfig
 
 run = dict(args["run"])
@@ -354,9 +354,8 @@ if summary["status"] != "complete":
 
 arch = arch_lib.with_classes(arch_lib.get(cfg.arch), args["num_classes"])
 mesh = make_mesh()
-rng = jax.random.key(cfg.seed)
-init = train.create_train_state(rng, arch, cfg.train, mesh)
-abstract = jax.eval_shape(lambda: train.create_train_state(rng, arch, cfg.train, mesh))
+init = train.create_train_state(jax.random.key(cfg.seed), arch, cfg.train, mesh)
+abstract = abstract_state(cfg, arch, mesh)
 with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
   final, _ = ckpt.restore(abstract, summary["total_steps"])
 

@@ -32,6 +32,15 @@ def option(default: Any, help: str, *,  # pylint: disable=redefined-builtin
       "help": help, "choices": tuple(choices) if choices else None, "flag": flag, "off": off})
 
 
+def numbers(name: str, values: Sequence[str], kind: type = int) -> tuple:
+  """A list flag's values as numbers of `kind`; a one-line ValueError names the flag otherwise."""
+  try:
+    return tuple(kind(v) for v in values)
+  except ValueError:
+    what = {int: "integers", float: "numbers"}.get(kind, "values")
+    raise ValueError(f"--{name} takes comma-separated {what}, got {','.join(values)}") from None
+
+
 def check_choices(config: Any) -> None:
   """Raises a one-line ValueError for a field whose value is not among its `choices`.
 

@@ -25,7 +25,7 @@ from absl import flags
 
 from zf_jax import arch as arch_lib
 from zf_jax.data import input_pipeline
-from zf_jax.options import check_choices, option
+from zf_jax.options import check_choices, numbers, option
 from zf_jax.train import TrainConfig
 
 FIG4_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
@@ -136,14 +136,6 @@ def define_flags(cls=RunConfig, flag_values: flags.FlagValues = flags.FLAGS) -> 
       flags.DEFINE_string(f.name, default, help_text, flag_values=flag_values)
 
 
-def _items(name: str, values, kind) -> tuple:
-  try:
-    return tuple(kind(v) for v in values)
-  except ValueError:
-    what = {int: "integers", float: "numbers"}.get(kind, "values")
-    raise ValueError(f"--{name} takes comma-separated {what}, got {','.join(values)}") from None
-
-
 def _build(cls, value_of) -> Any:
   """`cls` with each flagged field's value from `value_of(field, annotation)`, nested too."""
   hints = typing.get_type_hints(cls)
@@ -163,7 +155,7 @@ def from_flags(cls=RunConfig, flag_values: flags.FlagValues = flags.FLAGS) -> An
     if f.metadata["off"] is not None and value == f.metadata["off"]:
       return None
     base, item = _type(hint)
-    return _items(f.name, value, item) if base is tuple else value
+    return numbers(f.name, value, item) if base is tuple else value
   return _build(cls, value_of)
 
 
