@@ -6,7 +6,9 @@
 
 Rows (full `zfnet`, 224 px, float32, random He-initialised weights: the work does
 not depend on the values):
-  * train step, batch 16 and 128 (128 is skipped with < 12 GiB MemAvailable):
+  * train step, batch 16 and 128 (128 is skipped with < 12 GiB MemAvailable),
+    and the embedded default's step (`zfnet_small`, 28 px, batch 128, 3 steps
+    per run: what README command 1 trains):
     ours = `train.make_train_step(arch, TrainConfig(batch_size=b, init_scheme="he"))`
     compiled, on a device-resident random batch; peer = the PyTorch twin
     (`benchmarks.common.torch_twin`, same weights) in train mode with
@@ -28,8 +30,8 @@ not depend on the values):
     Captum `Occlusion` (baseline 0) with perturbations_per_eval 1, 16 and 64;
     seconds per map of the best setting of each side.
   * input pipeline: images/s of `input_pipeline.make_train_iterator` host
-    batches on the embedded fashion_mnist_debian (zfnet_small sizes: 32 px
-    random crops of 36, batch 128) and on 512 generated ImageNet-sized JPEGs
+    batches on the embedded fashion_mnist_debian (zfnet_small sizes: 28 px
+    random crops of 32, batch 128) and on 512 generated ImageNet-sized JPEGs
     (`benchmarks.datasets.ZfBenchJpeg`: 224 px "ten" crops of 256, batch
     128); no peer.
 Timing: each side runs --rounds times (default 2), alternating which goes
@@ -67,8 +69,8 @@ Without torch / captum (or with ZF_BENCH_NO_PEERS=1) the peer columns say
 
 The full run (2 rounds) took 20 min on this project's 2-core EPYC machine (the peers'
 deconvnet and occlusion rows take most of it). --smoke runs the same code on
-`zfnet_small` (32 px; train batch 8; 4 maps x 2 images; occlusion patch 8,
-stride 4; 32 px crops of 36 and
+`zfnet_small` (28 px; train batch 8; 4 maps x 2 images; occlusion patch 8,
+stride 4; 28 px crops of 32 and
 0.2 s windows for the input, batch 32 on the JPEGs; 1024 matmul; 1 repeat),
 writing to a temporary folder unless --out is given: ~45 s without peers, ~90 s
 with them, on that machine while another process kept one of its cores busy
@@ -159,7 +161,7 @@ def plan(args) -> tuple[list[dict], list[tuple[str, list[str], dict]]]:
   """(rows, jobs): the table's rows and the worker runs (workload, row keys, config)."""
   smoke, reps = args.smoke, args.repeats
   arch = "zfnet_small" if smoke else "zfnet"
-  size = 32 if smoke else 224
+  size = 28 if smoke else 224
   rows, jobs = [], []
 
   def row(key, workload, title, settings, peer=True):
@@ -169,11 +171,15 @@ def plan(args) -> tuple[list[dict], list[tuple[str, list[str], dict]]]:
 
   if "train" in args.only:
     avail = common.meminfo_gib("MemAvailable")
-    for batch in (8,) if smoke else (16, 128):
-      cfg = {"key": f"train_b{batch}", "arch": arch, "batch": batch, "repeats": reps,
-             "per": 3 if batch <= 16 else 1}
-      r = row(cfg["key"], "train", f"train step, batch {batch}", cfg)
-      if batch == 128 and avail < MIN_GIB_B128:
+    # The full-size steps, and the embedded default's (what the quickstart trains).
+    steps = [(arch, 8, "")] if smoke else [
+        (arch, 16, ""), (arch, 128, ""), ("zfnet_small", 128, "small_")]
+    for name, batch, prefix in steps:
+      cfg = {"key": f"train_{prefix}b{batch}", "arch": name, "batch": batch, "repeats": reps,
+             "per": 3 if batch <= 16 or prefix else 1}
+      title = f"train step, {name} batch {batch}" if prefix else f"train step, batch {batch}"
+      r = row(cfg["key"], "train", title, cfg)
+      if batch == 128 and not prefix and avail < MIN_GIB_B128:
         note = f"skipped: MemAvailable {avail:.1f} GiB < {MIN_GIB_B128:.0f} GiB"
         r["ours"] = {"status": "skipped", "note": note}
         r["peer"] = {"status": "skipped", "note": note}
@@ -193,10 +199,10 @@ def plan(args) -> tuple[list[dict], list[tuple[str, list[str], dict]]]:
     jobs.append(("occlusion", ["occlusion"], cfg))
   if "input" in args.only:
     inputs = [
-        {"key": "input_fashion", "dataset": "fashion_mnist_debian", "size": 32, "resize": 36,
+        {"key": "input_fashion", "dataset": "fashion_mnist_debian", "size": 28, "resize": 32,
          "batch": 128, "crops": "random"},
-        {"key": "input_jpeg", "dataset": "zf_bench_jpeg", "size": 32 if smoke else 224,
-         "resize": 36 if smoke else 256, "batch": 32 if smoke else 128, "crops": "ten"}]
+        {"key": "input_jpeg", "dataset": "zf_bench_jpeg", "size": 28 if smoke else 224,
+         "resize": 32 if smoke else 256, "batch": 32 if smoke else 128, "crops": "ten"}]
     for r in inputs:
       r.update(warm=2 if smoke else max(2, 512 // r["batch"]), min_s=0.2 if smoke else 1.0)
       title = ("input pipeline, fashion_mnist_debian" if r["key"] == "input_fashion"

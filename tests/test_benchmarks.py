@@ -111,7 +111,7 @@ def test_smoke_deconv_and_occlusion_count_their_work(smoke):
     assert rows[key]["ours"]["work"] == SMOKE_MAPS * SMOKE_IMAGES
     assert rows[key]["ours"]["path"] == "deconv.project_units"
   occ = rows["occlusion"]["ours"]
-  assert occ["positions"] == ((32 - 8) // 4 + 1) ** 2  # Smoke: 32 px, patch 8, stride 4.
+  assert occ["positions"] == ((28 - 8) // 4 + 1) ** 2  # Smoke: 28 px, patch 8, stride 4.
   assert set(occ["tried"]) == {"chunk 16", "chunk 32", "chunk 64"}
   assert occ["seconds"] == occ["tried"][occ["best"]]
   assert occ["seconds"]["median"] == min(t["median"] for t in occ["tried"].values())

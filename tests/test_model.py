@@ -21,12 +21,12 @@ def test_init_follows_section_3():
   params = model.init(jax.random.key(0), arch_lib.get("zfnet_small"))
   assert set(params) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"}
   assert params["conv1"]["w"].shape == (5, 5, 3, 32)  # HWIO.
-  assert params["fc6"]["w"].shape == (4 * 4 * 64, 256) and params["fc8"]["w"].shape == (256, 10)
+  assert params["fc6"]["w"].shape == (3 * 3 * 64, 256) and params["fc8"]["w"].shape == (256, 10)
   for p in params.values():
     assert not np.any(p["b"])  # "biases are set to 0"
     assert abs(float(jnp.std(p["w"])) - 1e-2) < 1e-3  # "weights initialized to 10^-2"
   he = model.init(jax.random.key(0), arch_lib.get("zfnet_small"), scheme="he")
-  assert abs(float(jnp.std(he["fc6"]["w"])) - np.sqrt(2 / 1024)) < 2e-3
+  assert abs(float(jnp.std(he["fc6"]["w"])) - np.sqrt(2 / 576)) < 2e-3
   with pytest.raises(ValueError, match="unknown init scheme 'xavier'; choose one of paper, he"):
     model.init(jax.random.key(0), TINY, scheme="xavier")
 

@@ -225,14 +225,14 @@ def _alexnet() -> Arch:
                     layer1=(11, 4, 2), layer2=(5, 1, 2), pool12=_POOL, pool5=_POOL)
 
 
-def _small(name="zfnet_small", features=(32, 64, 96, 96, 64), fc=256) -> Arch:
-  """ZFNet's structure at 32 px for 28x28 Fashion-MNIST (upscaled) on a CPU.
+def _small(name="zfnet_small", features=(32, 64, 96, 96, 64), fc=256, size=28) -> Arch:
+  """ZFNet's structure for 28x28 Fashion-MNIST on a CPU, at the images' own size.
 
   Five conv layers, pools after 1, 2 and 5, LRN after 1 and 2, two hidden fc
-  layers, as in Fig. 3; 5x5/1 first-layer filters because a 32 px image has
-  no pixels to spare for ZFNet's 7x7/2. Maps: 32 -> 16 -> 8 -> 8 -> 8 -> 4.
+  layers, as in Fig. 3; 5x5/1 first-layer filters because a 28 px image has
+  no pixels to spare for ZFNet's 7x7/2. Maps: 28 -> 14 -> 7 -> 7 -> 7 -> 3.
   """
-  return _five_conv(name, 32, 10, features, fc, layer1=(5, 1, 2), layer2=(5, 1, 2),
+  return _five_conv(name, size, 10, features, fc, layer1=(5, 1, 2), layer2=(5, 1, 2),
                     pool12=_POOL_PAD, pool5=_POOL_PAD)
 
 
@@ -242,7 +242,7 @@ _PRESETS = {
     "zfnet_wide": lambda: _zfnet("zfnet_wide", conv_features=(96, 256, 512, 1024, 512)),
     "zfnet_small": _small,
     # For tests and quick experiments: same structure, a few maps per layer.
-    "zfnet_tiny": lambda: _small("zfnet_tiny", features=(8, 12, 16, 16, 12), fc=32),
+    "zfnet_tiny": lambda: _small("zfnet_tiny", features=(8, 12, 16, 16, 12), fc=32, size=32),
 }
 
 
