@@ -14,6 +14,9 @@ import pytest
 
 from conftest import run_module
 
+from zf_jax.analyses import filters
+from zf_jax.runs import workdir as workdir_lib
+
 
 def run_binary(name, *args, timeout=600):
   return run_module(f"experiments.{name}", *args, timeout=timeout)
@@ -80,6 +83,16 @@ def test_fig6_and_fig4_write_filters_layer2_and_evolution(workdir):
   for name in ("fig6_filters.png", "fig6_layer2.png", "fig4_evolution.png"):
     assert os.path.exists(os.path.join(workdir, "figures", name))
     assert f"figures/{name}" in html
+  # The table's structure measure is that of the run's conv1 filters, for both panels.
+  with open(os.path.join(workdir, "tables", "fig6_filter_rms.json"), encoding="utf-8") as f:
+    table = json.load(f)
+  run = workdir_lib.Workdir(workdir).open()
+  expected = filters.median_neighbour_correlation(run.params["conv1"]["w"])
+  assert len(table["runs"]) == 2
+  for row in table["runs"]:
+    assert row["median_neighbour_correlation"] == pytest.approx(expected, abs=1e-6)
+  with open(os.path.join(workdir, "tables", "fig6_filter_rms.md"), encoding="utf-8") as f:
+    assert f"| {expected:.2f} | {filters.verdict(expected)} |" in f.read()
 
 
 @pytest.mark.parametrize("name,args,pattern", [
