@@ -140,6 +140,69 @@ def test_manual_schedule_and_plateau_scale_the_learning_rate():
   assert float(metrics["learning_rate"]) == pytest.approx(1e-3)
 
 
+def test_cosine_schedule_warms_up_linearly_then_follows_half_a_cosine_to_zero():
+  cfg = train.TrainConfig(batch_size=8, init_scheme="he", lr_schedule="cosine",
+                          learning_rate=0.04, warmup_steps=2, total_steps=6)
+  state = train.create_train_state(jax.random.key(4), TINY, cfg)
+  step = train.make_train_step(TINY, cfg)
+  rates = []
+  for i in range(6):
+    state, metrics = step(state, _batch(seed=i))
+    rates.append(float(metrics["learning_rate"]))
+  # Steps 0, 1 rise from 0; then 0.04 * (1 + cos(pi * t / 4)) / 2 for t = 0..3.
+  expected = [0.0, 0.02] + [0.02 * (1 + np.cos(np.pi * t / 4)) for t in range(4)]
+  np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-9)
+
+
+def test_nesterov_momentum_looks_ahead_along_the_velocity():
+  cfg = train.TrainConfig(batch_size=8, dropout=0.0, rms_radius=None, init_scheme="he",
+                          learning_rate=1e-3, momentum=0.9, nesterov=True)
+  arch = dataclasses.replace(TINY, dropout=0.0)
+  state = train.create_train_state(jax.random.key(2), arch, cfg)
+  step = train.make_train_step(arch, cfg)
+  params = jax.tree.map(np.asarray, state.params)
+  velocity = jax.tree.map(np.zeros_like, params)
+  loss = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+      model.apply(p, b["image"], arch)[0], b["label"]).mean()
+  grad = jax.jit(jax.grad(loss))
+  for i in range(3):
+    batch = _batch(seed=i)
+    g = jax.tree.map(np.asarray, grad(params, batch))
+    velocity = jax.tree.map(lambda v, g: 0.9 * v + g, velocity, g)
+    # Sutskever et al. (2013) in the form optax uses: step along g + momentum * v.
+    params = jax.tree.map(lambda p, g, v: p - 1e-3 * (g + 0.9 * v), params, g, velocity)
+    state, _ = step(state, batch)
+  for name in params:
+    np.testing.assert_allclose(state.params[name]["w"], params[name]["w"], rtol=1e-4, atol=1e-6)
+
+
+def test_adam_is_adam_with_b1_momentum_and_conv1_scaled():
+  cfg = train.TrainConfig(batch_size=8, dropout=0.0, rms_radius=None, init_scheme="he",
+                          optimizer="adam", learning_rate=1e-3, momentum=0.8,
+                          first_layer_lr_scale=0.25)
+  arch = dataclasses.replace(TINY, dropout=0.0)
+  state = train.create_train_state(jax.random.key(2), arch, cfg)
+  step = train.make_train_step(arch, cfg)
+  params = jax.tree.map(np.asarray, state.params)
+  mu = jax.tree.map(np.zeros_like, params)
+  nu = jax.tree.map(np.zeros_like, params)
+  loss = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+      model.apply(p, b["image"], arch)[0], b["label"]).mean()
+  grad = jax.jit(jax.grad(loss))
+  for t in range(1, 3):
+    batch = _batch(seed=t)
+    g = jax.tree.map(np.asarray, grad(params, batch))
+    mu = jax.tree.map(lambda m, g: 0.8 * m + 0.2 * g, mu, g)
+    nu = jax.tree.map(lambda v, g: 0.999 * v + 0.001 * g * g, nu, g)
+    rates = {k: {"w": 1e-3 * (0.25 if k == "conv1" else 1.0), "b": 1e-3} for k in params}
+    params = jax.tree.map(
+        lambda p, m, v, r: p - r * (m / (1 - 0.8**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8),
+        params, mu, nu, rates)
+    state, _ = step(state, batch)
+  for name in params:
+    np.testing.assert_allclose(state.params[name]["w"], params[name]["w"], rtol=1e-4, atol=1e-6)
+
+
 def test_eval_step_averages_softmax_over_crops_and_masks_padding():
   params = model.init(jax.random.key(5), TINY, scheme="he")
   params["fc8"]["w"] = params["fc8"]["w"] * 1e-2  # Moderate logits: no probability underflows.
@@ -160,8 +223,15 @@ def test_eval_step_averages_softmax_over_crops_and_masks_padding():
 
 
 def test_bad_recipe_values_are_one_line_errors():
-  with pytest.raises(ValueError, match="unknown lr_schedule 'cosine'; choose one of plateau"):
-    train.TrainConfig(lr_schedule="cosine")
+  with pytest.raises(ValueError, match="unknown lr_schedule 'linear'; choose one of plateau"):
+    train.TrainConfig(lr_schedule="linear")
+  with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'; choose one of sgd, adam"):
+    train.TrainConfig(optimizer="rmsprop")
+  with pytest.raises(ValueError, match="warmup_steps must be >= 0, got -1"):
+    train.TrainConfig(warmup_steps=-1)
+  with pytest.raises(ValueError, match="cosine needs warmup_steps < total_steps, got "
+                     "warmup_steps=5, total_steps=5"):
+    train.make_optimizer(train.TrainConfig(lr_schedule="cosine", warmup_steps=5, total_steps=5))
   with pytest.raises(ValueError, match="rms_radius must be > 0"):
     train.TrainConfig(rms_radius=0.0)
   with pytest.raises(ValueError, match="learning_rate must be > 0"):

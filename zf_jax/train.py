@@ -29,7 +29,8 @@ from zf_jax.arch import Arch
 from zf_jax.options import check_choices, option
 
 DATA_AXIS = "data"
-LR_SCHEDULES = ("plateau", "manual", "constant")
+LR_SCHEDULES = ("plateau", "manual", "constant", "cosine")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,9 @@ class TrainConfig:
     error has not improved for `plateau_patience` evaluations (the paper's
     manual rule, automated with `optax.contrib.reduce_on_plateau`); "manual"
     multiplies by `lr_decay_factor` at each step in `lr_decay_steps`;
-    "constant" never anneals.
+    "constant" never anneals; "cosine" (not in the paper) rises linearly from 0
+    over `warmup_steps`, then follows a half cosine down to 0 at `total_steps`
+    (Loshchilov & Hutter 2017), for short runs with a fixed budget.
   first_layer_lr_scale: multiplies the learning rate of the first conv
     layer's weights (not in the paper: 1 by default). With the paper's
     [-128, 128] pixels and He init (whose first layer is scaled down by the
@@ -56,6 +59,9 @@ class TrainConfig:
   """
   learning_rate: float = option(1e-2, "Initial learning rate (Section 3: 1e-2).")
   momentum: float = option(0.9, "SGD momentum (Section 3: 0.9).")
+  nesterov: bool = option(False, "Nesterov momentum (not in the paper).")
+  optimizer: str = option("sgd", "sgd: SGD with momentum (Section 3); adam: Adam with "
+                          "b1=--momentum (not in the paper).", choices=OPTIMIZERS)
   batch_size: int = option(128, "Global batch size, over all devices (Section 3: 128).")
   dropout: float = option(0.5, "Dropout rate on fc layers 6 and 7 (Section 3: 0.5).")
   rms_radius: float | None = option(
@@ -66,10 +72,15 @@ class TrainConfig:
                             "or he.", choices=model.INIT_SCHEMES)
   lr_schedule: str = option(
       "plateau", "plateau: anneal when the validation error plateaus; manual: at "
-      "--lr_decay_epochs; constant.", choices=LR_SCHEDULES)
+      "--lr_decay_epochs; constant; cosine: warm-up over --warmup_epochs, then a half "
+      "cosine to 0 at the last step (not in the paper).", choices=LR_SCHEDULES)
   lr_decay_factor: float = option(0.1, "Learning rate multiplier of each anneal.")
   lr_decay_steps: tuple[int, ...] = option(
       (), "Steps at which lr_schedule=manual anneals.", flag=False)  # From lr_decay_epochs.
+  warmup_steps: int = option(0, "Steps of lr_schedule=cosine's linear warm-up.",
+                             flag=False)  # From warmup_epochs.
+  total_steps: int = option(0, "Steps of the whole run (lr_schedule=cosine).",
+                            flag=False)  # Set by the trainer.
   first_layer_lr_scale: float = option(
       1.0, "Multiplies conv1's weight learning rate (not in the paper; 1/64^2 suits He init "
       "on [-128, 128] pixels).")
@@ -87,6 +98,8 @@ class TrainConfig:
       raise ValueError(f"rms_radius must be > 0 (or None for no clipping), got {self.rms_radius}")
     if not 0 <= self.dropout < 1:
       raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+    if self.warmup_steps < 0:
+      raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
     if not self.first_layer_lr_scale > 0:
       raise ValueError(f"first_layer_lr_scale must be > 0, got {self.first_layer_lr_scale}")
 
@@ -128,6 +141,12 @@ def _schedule(config: TrainConfig) -> optax.Schedule:
   if config.lr_schedule == "manual" and config.lr_decay_steps:
     return optax.piecewise_constant_schedule(
         config.learning_rate, {int(s): config.lr_decay_factor for s in config.lr_decay_steps})
+  if config.lr_schedule == "cosine":
+    if not config.warmup_steps < config.total_steps:
+      raise ValueError("lr_schedule=cosine needs warmup_steps < total_steps, got warmup_steps="
+                       f"{config.warmup_steps}, total_steps={config.total_steps}")
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                              config.total_steps)
   return optax.constant_schedule(config.learning_rate)
 
 
@@ -142,7 +161,10 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   parts = []
   if config.weight_decay:
     parts.append(optax.add_decayed_weights(config.weight_decay, mask=_decay_mask))
-  parts.append(optax.sgd(lr, momentum=config.momentum))
+  if config.optimizer == "adam":
+    parts.append(optax.adam(lr, b1=config.momentum, nesterov=config.nesterov))
+  else:
+    parts.append(optax.sgd(lr, momentum=config.momentum, nesterov=config.nesterov))
   if config.first_layer_lr_scale != 1.0:
     parts.append(optax.stateless(functools.partial(_scale_first_layer,
                                                    scale=config.first_layer_lr_scale)))
