@@ -70,6 +70,8 @@ def test_flags_build_the_config_they_describe():
     (["--final_eval_crops=center,nine"], "unknown final_eval_crops 'nine'; choose one of center"),
     (["--lr_decay_epochs=x"], "--lr_decay_epochs takes comma-separated numbers"),
     (["--num_epochs=0"], "num_epochs must be > 0"),
+    (["--cpu_devices=0"], "cpu_devices must be >= 1, got 0"),
+    (["--warmup_epochs=-1"], "warmup_epochs must be >= 0, got -1"),
 ])
 def test_bad_values_are_one_line_errors_naming_them(argv, message):
   with pytest.raises(ValueError, match=re.escape(message)) as excinfo:

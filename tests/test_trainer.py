@@ -44,9 +44,10 @@ if TESTS_DIR not in sys.path:
   sys.path.insert(0, TESTS_DIR)
 
 import tiny_dataset  # noqa: E402  (registers zf_tiny_images)
-from conftest import child_env, run_module  # noqa: E402
+from conftest import child_env, run_module, run_python  # noqa: E402
 
 from zf_jax import arch as arch_lib  # noqa: E402
+from zf_jax.data import input_pipeline  # noqa: E402
 from zf_jax.runs import checkpoint  # noqa: E402
 from zf_jax import train  # noqa: E402
 from zf_jax.runs import trainer  # noqa: E402
@@ -262,6 +263,23 @@ def test_train_and_evaluate_end_to_end_on_mock_imagenet_then_reports_already_com
   state, meta = restore(workdir, cfg, num_classes=1000)
   assert int(state.step) == 5 and meta["step"] == 5
 
+  # The final evaluation's shared pass (centre crop = crop 4 of the 10) gives what
+  # a separate pass per crop mode gives.
+  arch = arch_lib.with_classes(arch_lib.get("zfnet_tiny"), 1000)
+  icfg = workdir_lib.input_config(cfg, arch.image_size, BATCH)
+  with tfds.testing.mock_data(num_examples=num_examples):
+    mean = input_pipeline.load_or_compute_mean_image(icfg)
+    for crops in ("center", "ten"):
+      alone = trainer.evaluate(state.params, arch, icfg, make_mesh(), crops=crops, mean=mean)
+      shared = summary["eval"][crops]
+      assert (alone["count"], alone["top1_error"], alone["top5_error"]) == \
+          (shared["count"], shared["top1_error"], shared["top5_error"]), crops
+      assert alone["loss"] == pytest.approx(shared["loss"], rel=1e-5), crops
+
+  # Training time: growing with each validation, saved with the checkpoints, summarised.
+  seconds = [m["train_seconds"] for m in lines if m["split"] == "validation"]
+  assert 0 < seconds[0] < seconds[1] <= meta["train_seconds"] <= summary["train_seconds"]
+
   events = glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
   assert events
   tags = {v.tag for e in events for ev in tf.compat.v1.train.summary_iterator(e)
@@ -280,6 +298,7 @@ def test_train_and_evaluate_end_to_end_on_mock_imagenet_then_reports_already_com
   second_output = capsys.readouterr().out
   assert again["status"] == "complete" and again["already_complete"] is True, again
   assert again["eval"] == summary["eval"]
+  assert again["train_seconds"] == summary["train_seconds"]
   assert "resumed from" in second_output and "already complete" in second_output
   assert "trained" not in second_output and "evaluation on" not in second_output
   assert read_jsonl(os.path.join(workdir, "metrics.jsonl")) == lines
@@ -429,7 +448,7 @@ def _single_process_runs(tmp_path_factory, data_dir):
   finally:
     for child in children:
       child.kill()
-  return {d: load_parity_result(tmp_dir, f"devices{d}") for d in (1, 4)}
+  return {**{d: load_parity_result(tmp_dir, f"devices{d}") for d in (1, 4)}, "tmp_dir": tmp_dir}
 
 
 def assert_parity(result, reference, what):
@@ -456,6 +475,15 @@ def test_one_device_and_four_devices_train_the_same_parameters(single_process_ru
            if k.startswith("['params']")}
   assert len(moved) == 16 and min(moved.values()) > 100 * PARITY_ATOL, moved
   assert_parity(four, one, "4 devices vs 1:")
+
+
+def test_a_run_saved_on_four_devices_opens_on_one(single_process_runs):
+  # The figure binaries open a --cpu_devices run in a process of one device.
+  run = workdir_lib.Workdir(os.path.join(single_process_runs["tmp_dir"], "devices4")).open()
+  assert run.step == PARITY_RUN["num_steps"]
+  final = single_process_runs[4]["final"]
+  for path, leaf in jax.tree_util.tree_flatten_with_path(run.params)[0]:
+    np.testing.assert_array_equal(np.asarray(leaf), final["['params']" + jax.tree_util.keystr(path)])
 
 
 def run_two_processes(spawn, tmp_dir, data_dir, name, log_name, timeout, sigterm=None):
@@ -485,6 +513,21 @@ def run_two_processes(spawn, tmp_dir, data_dir, name, log_name, timeout, sigterm
   codes = [p.proc.returncode for p in processes]
   assert codes == [0, 0], f"the 2-process run ({log_name}) exited with {codes}" + reports()
   return processes
+
+
+def test_cpu_devices_split_the_cpu_before_jax_starts_and_only_then():
+  script = """
+import jax, pytest
+from zf_jax.runs import trainer
+trainer.use_cpu_devices(3)
+assert jax.device_count() == 3, jax.devices()
+trainer.use_cpu_devices(3)  # Again, once JAX has started: the same count is fine.
+with pytest.raises(ValueError, match=r"^cpu_devices=2 must be set before JAX starts; this process already has 3 CPU device"):
+  trainer.use_cpu_devices(2)
+print("OK")
+"""
+  out = run_python("-c", script, timeout=120)
+  assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stdout + out.stderr
 
 
 def test_two_processes_of_two_devices_stop_together_and_train_the_same_parameters(
@@ -771,6 +814,9 @@ def test_bad_flags_end_with_one_error_line_and_no_traceback(spawn, tmp_path):
                                   ["ILSVRC2012_img_train.tar",
                                    os.path.join(str(empty), "downloads", "manual")]),
       "zero_epochs": (["--num_epochs=0"], {}, ["num_epochs"]),
+      # --cpu_devices really splits the CPU: 128 does not divide over 3 devices.
+      "cpu_devices_batch": (["--cpu_devices=3"], {}, ["batch size 128", "3 devices"]),
+      "cpu_devices_zero": (["--cpu_devices=0"], {}, ["cpu_devices must be >= 1, got 0"]),
   }
   children = {}
   for name, (flags, env, _) in cases.items():

@@ -51,6 +51,7 @@ class RunConfig:
   train: TrainConfig = TrainConfig()
   lr_decay_epochs: tuple[float, ...] = option(
       (), "Epochs at which --lr_schedule=manual anneals.")
+  warmup_epochs: float = option(0.0, "Epochs of --lr_schedule=cosine's linear warm-up.")
   eval_batch_size: int | None = option(
       None, "Global evaluation batch (default: --batch_size).")
   eval_every_epochs: int = option(1, "Validate every N epochs (0: only at the end).")
@@ -69,6 +70,9 @@ class RunConfig:
   coordinator_address: str | None = option(None, "host:port of process 0 (--distributed).")
   num_processes: int | None = option(None, "Number of processes (--distributed).")
   process_id: int | None = option(None, "This process's index (--distributed).")
+  cpu_devices: int | None = option(
+      None, "Make the CPU this many JAX devices, trained data parallel (on small models "
+      "faster than one device: XLA keeps the cores busier).")
   visualize: bool = option(False, "After training, write the report: curves, layer-1 filters "
                            "(Fig. 6), top-9 projections (Fig. 2), occlusion (Fig. 7), evolution "
                            "(Fig. 4) into <workdir>/report.html.")
@@ -79,6 +83,10 @@ class RunConfig:
       raise ValueError(f"num_epochs must be > 0, got {self.num_epochs}")
     if self.num_steps is not None and self.num_steps < 0:
       raise ValueError(f"num_steps must be >= 0, got {self.num_steps}")
+    if self.cpu_devices is not None and self.cpu_devices < 1:
+      raise ValueError(f"cpu_devices must be >= 1, got {self.cpu_devices}")
+    if self.warmup_epochs < 0:
+      raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
     if self.checkpoint_every < 1 or self.log_every < 1:
       raise ValueError("checkpoint_every and log_every must be >= 1")
 

@@ -16,20 +16,23 @@ them into one global batch split over the mesh's "data" axis.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
 from zf_jax import arch as arch_lib
-from zf_jax import train
+from zf_jax import model, train
 from zf_jax.data import input_pipeline
 from zf_jax.runs import workdir as workdir_lib
 from zf_jax.runs.config import RunConfig
@@ -89,18 +92,56 @@ def _duration(seconds: float) -> str:
   return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
 
 
+_PROGRESS_LINES = 5  # An evaluation with a progress label says how far it is this often.
+
+
+def _eval_progress(batches: Iterable[dict], label: str, num_batches: int,
+                   batch_size: int) -> Iterator[dict]:
+  """Yields `batches`, and a progress line (bar, %, img/s, ETA) after each fifth of them.
+
+  A line is printed when the next batch is asked for, i.e. once the caller
+  has finished with the previous one.
+  """
+  t0 = time.time()
+  for k, batch in enumerate(batches, 1):
+    yield batch
+    line = k * _PROGRESS_LINES // num_batches
+    if k < num_batches and line > (k - 1) * _PROGRESS_LINES // num_batches:
+      rate = k * batch_size / max(time.time() - t0, 1e-9)
+      _say(f"{_bar(k / num_batches)} {label}: {100 * k / num_batches:.0f}% | {rate:.0f} img/s "
+           f"| ETA {_duration((num_batches - k) * batch_size / rate)}")
+
+
+def _say_done(label: str | None, count: int, seconds: float) -> None:
+  if label is not None:
+    _say(f"{_bar(1.0)} {label}: {count} images in {_duration(seconds)} | "
+         f"{count / max(seconds, 1e-9):.0f} img/s")
+
+
+def _eval_batches(icfg: input_pipeline.InputConfig, crops: str, split: str | None, mean,
+                  label: str | None) -> Iterator[dict]:
+  batches = input_pipeline.make_eval_iterator(icfg, crops=crops, split=split, mean=mean)
+  if label is None:
+    return batches
+  return _eval_progress(batches, label, input_pipeline.num_eval_batches(icfg, split),
+                        icfg.global_batch_size)
+
+
 def evaluate(params, arch: arch_lib.Arch, icfg: input_pipeline.InputConfig, mesh, *,
              crops: str = "center", split: str | None = None, mean=None,
-             keep_probs: bool = False) -> dict[str, Any]:
+             keep_probs: bool = False, progress: str | None = None) -> dict[str, Any]:
   """Top-1 / top-5 error and loss of `params` over a whole split (Table 2).
 
   Every example counts once (padding is masked). With `keep_probs`, also
   returns "probs" (N, C) and "labels" (N,) in split order on every host, for
-  ensembles (average the probs of several models).
+  ensembles (average the probs of several models). With `progress`, prints
+  a progress line under that label every fifth of the split, and the
+  images per second at the end.
   """
   eval_step = train.make_eval_step(arch, mesh)
   totals, probs, labels = None, [], []
-  for batch in input_pipeline.make_eval_iterator(icfg, crops=crops, split=split, mean=mean):
+  t0 = time.time()
+  for batch in _eval_batches(icfg, crops, split, mean, progress):
     batch = _global(batch, mesh)
     sums, p = eval_step(params, batch)
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
@@ -110,9 +151,67 @@ def evaluate(params, arch: arch_lib.Arch, icfg: input_pipeline.InputConfig, mesh
       probs.append(p[mask > 0])
       labels.append(label[mask > 0])
   out = train.errors_from_sums(totals)
+  _say_done(progress, out["count"], time.time() - t0)
   if keep_probs:
     out["probs"], out["labels"] = np.concatenate(probs), np.concatenate(labels)
   return out
+
+
+# `input_pipeline.ten_crops` order: the 4 corners, the centre, then the same 5 mirrored.
+CENTRE_OF_TEN = 4
+
+
+@functools.lru_cache(maxsize=16)  # One compile per (arch, mesh).
+def _centre_and_ten_step(arch: arch_lib.Arch, mesh):
+  """`train.make_eval_step`'s sums for both crop modes from one batch of Section 3's 10 crops.
+
+  The centre-crop evaluation's image is crop `CENTRE_OF_TEN` of the 10 and an
+  image's forward pass does not depend on the rest of its batch, so the
+  centre crop costs no forward pass of its own: {"center": sums, "ten": sums},
+  each the same computation as `train.make_eval_step` on its own batches.
+  """
+  def step(params, batch):
+    images, labels, mask = batch["image"], batch["label"], batch["mask"]
+    logits, _ = model.apply(params, images.reshape(-1, *images.shape[-3:]), arch)
+    probs = jax.nn.softmax(logits).reshape(images.shape[0], images.shape[1], -1)
+    centre = probs[:, CENTRE_OF_TEN:CENTRE_OF_TEN + 1]  # A mean over 1 crop, as eval_step's.
+    return {"center": train.sums_from_probs(jnp.mean(centre, axis=1), labels, mask),
+            "ten": train.sums_from_probs(jnp.mean(probs, axis=1), labels, mask)}
+
+  replicated = jax.NamedSharding(mesh, jax.P())
+  return jax.jit(step, in_shardings=(replicated, jax.NamedSharding(mesh, jax.P(train.DATA_AXIS))),
+                 out_shardings=replicated)
+
+
+_CROP_LABELS = {"center": "centre crop", "ten": "10 crops"}
+
+
+def evaluate_crops(params, arch: arch_lib.Arch, icfg: input_pipeline.InputConfig, mesh,
+                   crops: Sequence[str], *, split: str | None = None, mean=None,
+                   progress: str | None = None) -> dict[str, dict[str, Any]]:
+  """`evaluate` for several crop modes: {mode: result}, in the order of `crops`.
+
+  The centre crop and the 10 crops (Section 3) share one pass over the 10
+  crops, with the same results as two passes. With `progress` (e.g. "final
+  evaluation"), prints progress lines for each pass (see `evaluate`).
+  """
+  crops = tuple(crops)
+  results = {}
+  if {"center", "ten"} <= set(crops):
+    step = _centre_and_ten_step(arch, mesh)
+    label = None if progress is None else f"{progress}, centre crop and 10 crops in one pass"
+    totals, t0 = None, time.time()
+    for batch in _eval_batches(icfg, "ten", split, mean, label):
+      sums = step(params, _global(batch, mesh))
+      totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    results = {c: train.errors_from_sums(totals[c]) for c in ("center", "ten")}
+    _say_done(label, results["ten"]["count"], time.time() - t0)
+  for c in crops:
+    if c not in results:
+      results[c] = evaluate(params, arch, icfg, mesh, crops=c, split=split, mean=mean,
+                            progress=None if progress is None else
+                            f"{progress}, {_CROP_LABELS.get(c, c)}")
+  return {c: results[c] for c in crops}
 
 
 def _install_stop_handlers(stop: threading.Event):
@@ -125,6 +224,22 @@ def _install_stop_handlers(stop: threading.Event):
     for sig in (signal.SIGTERM, signal.SIGINT):
       previous[sig] = signal.signal(sig, handler)
   return previous
+
+
+def use_cpu_devices(n: int) -> None:
+  """Makes the CPU backend n JAX devices (`jax_num_cpu_devices`); idempotent.
+
+  Only possible before JAX first computes anything in this process; after
+  that, a ValueError unless the CPU backend already has n devices. Devices of
+  other platforms (GPU, TPU) are unaffected and remain the default.
+  """
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:  # The backends are up: fine if they already agree.
+    have = len(jax.devices("cpu"))
+    if have != n:
+      raise ValueError(f"cpu_devices={n} must be set before JAX starts; this process already "
+                       f"has {have} CPU device(s)") from None
 
 
 def train_and_evaluate(cfg: RunConfig, workdir: str, *,
@@ -148,6 +263,8 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
     NonFiniteLossError: the loss became NaN / inf; the last good checkpoint
       is left as it was.
   """
+  if cfg.cpu_devices is not None:
+    use_cpu_devices(cfg.cpu_devices)
   if cfg.distributed:
     jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
   wd = workdir_lib.Workdir(workdir)
@@ -166,9 +283,10 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
       cfg.num_epochs * info.steps_per_epoch)
   spe = info.steps_per_epoch
   keep = sorted(e * spe for e in cfg.keep_epochs if 0 < e * spe <= total)
-  if cfg.lr_decay_epochs:
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, lr_decay_steps=tuple(round(e * spe) for e in cfg.lr_decay_epochs)))
+  # The schedule in steps, from the epochs the flags name.
+  cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+      cfg.train, lr_decay_steps=tuple(round(e * spe) for e in cfg.lr_decay_epochs),
+      warmup_steps=round(cfg.warmup_epochs * spe), total_steps=total))
   if jax.process_index() == 0:
     wd.write_config(cfg, num_classes=arch.num_classes, steps_per_epoch=spe, total_steps=total)
 
@@ -188,13 +306,13 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
     else:
       state = train.create_train_state(jax.random.key(cfg.seed), arch, cfg.train, mesh)
       meta = {}
-    state = _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, wd,
-                        batch_transform)
+    state, train_seconds = _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe,
+                                       ckpt, wd, batch_transform)
     summary = {"status": "interrupted" if int(state.step) < total else "complete",
                "step": int(state.step), "total_steps": total, "arch": arch.name,
-               "dataset": cfg.dataset, "workdir": wd.path}
+               "dataset": cfg.dataset, "workdir": wd.path, "train_seconds": train_seconds}
     if summary["status"] == "complete":
-      summary.update(_final_eval(cfg, arch, icfg, mesh, mean, state, wd))
+      summary.update(_final_eval(cfg, arch, icfg, mesh, mean, state, wd, train_seconds))
   finally:
     ckpt.close()
   return summary
@@ -204,31 +322,40 @@ def _eval_input(cfg: RunConfig, icfg: input_pipeline.InputConfig) -> input_pipel
   return dataclasses.replace(icfg, global_batch_size=cfg.eval_batch_size or icfg.global_batch_size)
 
 
-def _final_eval(cfg, arch, icfg, mesh, mean, state, wd: workdir_lib.Workdir):
+def _final_eval(cfg, arch, icfg, mesh, mean, state, wd: workdir_lib.Workdir,
+                train_seconds: float):
   done = wd.summary()
   if done and done.get("step") == int(state.step) and "eval" in done:
     _say(f"training is already complete ({done['step']} steps); results in "
          f"{wd.file(workdir_lib.SUMMARY_FILE)}")
-    return {"eval": done["eval"], "already_complete": True}
-  icfg_eval = _eval_input(cfg, icfg)
-  results = {}
-  for crops in cfg.final_eval_crops:
-    r = evaluate(state.params, arch, icfg_eval, mesh, crops=crops, mean=mean)
-    results[crops] = r
+    return {"eval": done["eval"], "already_complete": True,
+            "train_seconds": done.get("train_seconds", train_seconds)}
+  results = evaluate_crops(state.params, arch, _eval_input(cfg, icfg), mesh,
+                           cfg.final_eval_crops, mean=mean, progress="final evaluation")
+  for crops, r in results.items():
     _say(f"{crops}-crop evaluation on {r['count']} examples: top-1 error {r['top1_error']:.4f}, "
          f"top-5 error {r['top5_error']:.4f}")
   if jax.process_index() == 0:
     wd.write_summary({"step": int(state.step), "arch": arch.name, "dataset": cfg.dataset,
-                      "eval": results})
+                      "eval": results, "train_seconds": train_seconds})
   return {"eval": results}
 
 
 def _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, wd,
                 batch_transform):
-  """Runs steps state.step .. total; returns the last good state."""
+  """Runs steps state.step .. total; returns the last good state and the training seconds.
+
+  Training seconds (wall time of training and its validations, summed over
+  resumed sessions) are kept in the checkpoints' metadata and logged with
+  each validation, so accuracy can be read against time.
+  """
   start = int(state.step)
+  seconds0, t_session = float(meta.get("train_seconds", 0.0)), time.time()
   if start >= total:
-    return state
+    return state, seconds0
+
+  def seconds() -> float:
+    return round(seconds0 + time.time() - t_session, 1)
   train_step = train.make_train_step(arch, cfg.train, mesh)
   batches = input_pipeline.make_train_iterator(icfg, start_step=start, mean=mean)
   log = _Log(wd)
@@ -252,7 +379,8 @@ def _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, wd,
 
   def save(step, state):
     ckpt.save(step, state, {"step": step, "epoch": step / spe, "arch": arch.name,
-                            "num_classes": arch.num_classes, "best_validation_error": best})
+                            "num_classes": arch.num_classes, "best_validation_error": best,
+                            "train_seconds": seconds()})
 
   try:
     while step < total:
@@ -279,7 +407,8 @@ def _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, wd,
           and step < total:
         check(pending)
         r = evaluate(state.params, arch, icfg_eval, mesh, crops="center", mean=mean)
-        log.write(step, "validation", {k: r[k] for k in ("loss", "top1_error", "top5_error")})
+        log.write(step, "validation", {**{k: r[k] for k in ("loss", "top1_error", "top5_error")},
+                                       "train_seconds": seconds()})
         best = r["top1_error"] if best is None else min(best, r["top1_error"])
         state = train.update_plateau(state, r["top1_error"], cfg.train)
         _say(f"epoch {step // spe}: validation top-1 error {r['top1_error']:.4f}, "
@@ -303,4 +432,4 @@ def _train_loop(cfg, arch, icfg, mesh, mean, state, meta, total, spe, ckpt, wd,
       signal.signal(sig, handler)
     log.close()
   _say(f"trained {step - start} steps in {_duration(time.time() - t0)}")
-  return state
+  return state, seconds()

@@ -100,7 +100,13 @@ def make_mesh() -> jax.sharding.Mesh:
 def abstract_state(cfg: RunConfig, arch: arch_lib.Arch, mesh) -> train.TrainState:
   """Shapes, dtypes and shardings of the run's train state, computing nothing."""
   rng = jax.random.key(cfg.seed)
-  return jax.eval_shape(lambda: train.create_train_state(rng, arch, cfg.train, mesh))
+  shapes = jax.eval_shape(lambda: train.create_train_state(rng, arch, cfg.train, mesh))
+  # Every leaf replicated on `mesh`, as create_train_state places it (eval_shape leaves
+  # constant scalars without a sharding, and orbax would then try the sharding they
+  # were saved with: another device count would fail to restore).
+  replicated = jax.NamedSharding(mesh, jax.P())
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                      shapes)
 
 
 class Workdir:
