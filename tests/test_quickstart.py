@@ -82,6 +82,12 @@ def test_quickstart_trains_evaluates_and_writes_the_report(quickstart):
   assert out[-1] == f"report: {workdir}/report.html"
   assert f"accuracy {accuracy} (centre crop)" in out[-2] and f"{STEPS}/{STEPS} steps" in out[-2]
   assert re.search(r"\| \d+ img/s \| ETA", first.stdout), "progress lines with img/s and ETA"
+  # Evaluation and report show progress too.
+  assert re.search(r"final evaluation, centre crop: 10000 images in \dm\d\ds \| \d+ img/s",
+                   first.stdout), first.stdout[-3000:]
+  for line in ("report 1/5: training curves", "report 3/5: Fig. 2", "report 5/5: Fig. 4",
+               "report written in"):
+    assert line in first.stdout, line
 
 
 def test_a_second_run_reports_completion_instead_of_training_again(quickstart):

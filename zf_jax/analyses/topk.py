@@ -117,7 +117,8 @@ def update(state: TopK, params: Params, arch: Arch, images: jax.Array, index: ja
 def over_batches(params: Params, arch: Arch, batches: Iterable[dict], layers: Sequence[int],
                  k: int = 9) -> TopK:
   """`update` over every batch {"image", "index"[, "valid"]} of a stream; one pass."""
-  state = init(arch, layers, k)
+  # On the parameters' devices from the start, as `update` returns it: one compile.
+  state = jax.device_put(init(arch, layers, k), jax.tree.leaves(params)[0].sharding)
   for batch in batches:
     valid = batch.get("valid")
     state = update(state, params, arch, jnp.asarray(batch["image"]),
@@ -160,7 +161,7 @@ def project_top(params: Params, arch: Arch, state: TopK, layer: int, maps: Seque
   maps = np.asarray(maps, np.int32)
   rows, cols = np.asarray(state.row[layer])[maps], np.asarray(state.col[layer])[maps]
   empty = np.asarray(state.index[layer])[maps] < 0
-  size = max(min(chunk, len(maps)), 1)  # Every call has this many maps: one compile.
+  size = chunk  # Every call has this many maps: one compile per layer, whatever len(maps).
   out = []
   # The last chunk repeats its last map up to `size`.
   for part, n in chunks.padded_chunks((images, rows, cols, maps), size, fill=chunks.EDGE):

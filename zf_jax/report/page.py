@@ -33,7 +33,8 @@ def figure_path(directory: str | os.PathLike, name: str) -> str:
 
 def add_section(directory: str | os.PathLike, key: str, title: str, *, text: str = "",
                 figures: Sequence[str] = (), tables: Sequence[str] = (),
-                items: Mapping[str, Any] | None = None) -> str:
+                items: Mapping[str, Any] | None = None,
+                captions: Sequence[str] | None = None) -> str:
   """Records one section of `<directory>/report.html` and re-renders the page.
 
   Args:
@@ -43,7 +44,9 @@ def add_section(directory: str | os.PathLike, key: str, title: str, *, text: str
     text: paragraphs (plain text; blank lines separate paragraphs).
     figures: paths of PNG files under `directory` (shown in this order).
     tables: names of tables written with `write_table` (their Markdown is shown).
-    items: key -> value pairs shown as a small list (e.g. accuracy, time).
+    items: key -> value pairs shown as a small table (e.g. accuracy, time).
+    captions: one per figure (default: the title, numbered when there are several);
+      each caption also links to its PNG file.
 
   Returns:
     The path of report.html.
@@ -56,10 +59,15 @@ def add_section(directory: str | os.PathLike, key: str, title: str, *, text: str
     if not path.startswith(root + os.sep) or not os.path.exists(path):
       raise ValueError(f"figure {path} is not a file under {root}")
     rel.append(os.path.relpath(path, root))
+  if captions is None:
+    captions = [title if len(rel) == 1 else f"{title} ({i} of {len(rel)})"
+                for i in range(1, len(rel) + 1)]
+  if len(captions) != len(rel):
+    raise ValueError(f"{len(captions)} captions for {len(rel)} figures")
   folder = os.path.join(root, SECTIONS_DIR)
   os.makedirs(folder, exist_ok=True)
   section = {"key": key, "title": title, "text": text, "figures": rel, "tables": list(tables),
-             "items": dict(items or {})}
+             "items": dict(items or {}), "captions": list(captions)}
   atomic_write(os.path.join(folder, f"{key}.json"), json.dumps(section, indent=2) + "\n")
   return write_report(root)
 
@@ -104,7 +112,8 @@ def _markdown_table_html(markdown: str) -> str:
 _STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 img{max-width:100%;border:1px solid #ddd;margin:.5em 0}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}th{background:#f3f3f3}
-dt{font-weight:bold;float:left;clear:left;width:16em}dd{margin-left:17em}"""
+table.items td{text-align:left;border:none;padding:.1em 1em .1em 0}table.items td:first-child{font-weight:bold}
+figcaption{font-size:90%;color:#444}figcaption a{color:#888;margin-left:.5em}"""
 
 
 def write_report(directory: str | os.PathLike) -> str:
@@ -122,13 +131,15 @@ def write_report(directory: str | os.PathLike) -> str:
   for s in sections(root):
     parts.append(f"<h2 id='{html.escape(s['key'])}'>{html.escape(s['title'])}</h2>")
     if s["items"]:
-      parts.append("<dl>" + "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}"
-                                    "</dd>" for k, v in s["items"].items()) + "</dl>")
+      parts.append("<table class='items'>" + "".join(
+          f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+          for k, v in s["items"].items()) + "</table>")
     for para in filter(None, (p.strip() for p in s["text"].split("\n\n"))):
       parts.append(f"<p>{html.escape(para)}</p>")
-    for fig in s["figures"]:
-      parts.append(f"<figure><img src='{html.escape(fig)}' alt='{html.escape(fig)}'>"
-                   f"<figcaption>{html.escape(fig)}</figcaption></figure>")
+    for fig, caption in zip(s["figures"], s.get("captions") or s["figures"]):
+      parts.append(f"<figure><img src='{html.escape(fig)}' alt='{html.escape(caption)}'>"
+                   f"<figcaption>{html.escape(caption)}<a href='{html.escape(fig)}'>"
+                   f"{html.escape(os.path.basename(fig))}</a></figcaption></figure>")
     for name in s["tables"]:
       path = os.path.join(root, TABLES_DIR, f"{name}.md")
       if os.path.exists(path):

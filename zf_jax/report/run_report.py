@@ -9,6 +9,8 @@ the run, all in `<workdir>/report.html`.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 import jax
 
@@ -52,6 +54,7 @@ def training_section(workdir: str) -> str:
       ax.legend(fontsize=7)
     figs.append(figures.save(fig, page.figure_path(workdir, "training.png")))
   return page.add_section(workdir, "training", "Training", items=items, figures=figs,
+                          captions=["Loss and top-1 error against training step"] * len(figs),
                             text="Loss and top-1 error during training (metrics.jsonl); "
                             "final accuracy from summary.json.")
 
@@ -79,7 +82,8 @@ def after_training(summary: dict) -> str | None:
 
 def quick_report(workdir: str, *, maps_per_layer: int = 8, occlusion_images: int = 4,
                  fill: str = "black", evolution: bool = True, max_examples: int | None = None,
-                 batch_size: int = 128) -> str:
+                 evolution_examples: int = 2_000, batch_size: int = 128,
+                 say: Callable[[str], None] | None = None) -> str:
   """The embedded default's report: training, Figs. 6, 2, 7 (and 4) for one run.
 
   Args:
@@ -89,17 +93,36 @@ def quick_report(workdir: str, *, maps_per_layer: int = 8, occlusion_images: int
     fill: Fig. 7's occluder (see `fig7`); black suits the embedded Fashion-MNIST.
     evolution: also Fig. 4, over the checkpoints the run kept.
     max_examples: stream only this many examples of the evaluation split for Fig. 2.
+    evolution_examples: training images streamed per checkpoint for Fig. 4.
     batch_size: images per forward pass.
+    say: prints one progress line per figure (default: print).
 
   Returns:
     The path of report.html.
   """
-  training_section(workdir)
-  fig6_filters([workdir])
-  src = source.open_source(workdir, batch_size=batch_size)
-  fig2(src, maps_per_layer=maps_per_layer, max_examples=max_examples)
-  # Fashion-MNIST's background is black: a black occluder is its neutral one (see fig7).
-  fig7(src, source.first_of_classes(src, occlusion_images), fill=fill)
+  say = say or (lambda line: print(line, flush=True))
+  src = None
+  steps = [("training curves", lambda: training_section(workdir)),
+           ("Fig. 6: layer-1 filters", lambda: fig6_filters([workdir])),
+           ("Fig. 2: top-9 projections of every layer", lambda: fig2(
+               source_(), maps_per_layer=maps_per_layer, max_examples=max_examples)),
+           # Fashion-MNIST's background is black: a black occluder is its neutral one (see fig7).
+           ("Fig. 7: occlusion", lambda: fig7(
+               source_(), source.first_of_classes(source_(), occlusion_images), fill=fill))]
   if evolution:
-    fig4(workdir, maps_per_layer=2, max_examples=5_000, batch_size=batch_size)
-  return page.write_report(workdir)
+    steps.append(("Fig. 4: evolution over the checkpoints", lambda: fig4(
+        workdir, maps_per_layer=2, max_examples=evolution_examples, batch_size=batch_size)))
+
+  def source_():
+    nonlocal src
+    src = src or source.open_source(workdir, batch_size=batch_size)
+    return src
+
+  t0 = time.time()
+  for i, (what, make) in enumerate(steps, 1):
+    t = time.time()
+    make()
+    say(f"report {i}/{len(steps)}: {what} ({time.time() - t:.0f} s)")
+  path = page.write_report(workdir)
+  say(f"report written in {time.time() - t0:.0f} s")
+  return path

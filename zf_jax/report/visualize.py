@@ -154,7 +154,9 @@ def fig2(src: source.Source, *, layers: Sequence[int] | None = None, maps_per_la
             f"strongest activations over {src.icfg.dataset}:{src.split}, one per image, each "
             f"projected alone to pixel space by the {mode} (left block, contrast-normalised, grey "
             "is zero) beside the image patch its unit sees (right block). Section 4, Fig. 2."),
-      figures=paths, tables=["fig2_top9"])
+      figures=paths, tables=["fig2_top9"],
+      captions=[f"Layer {l}: {len(chosen[l])} maps, their top {k} projections | image patches "
+                f"({topk.receptive_field(arch, l)[0]} px receptive field)" for l in layers])
   return paths
 
 
@@ -233,12 +235,15 @@ def fig6_layer2(sources: Sequence[source.Source], maps: int, *, k: int = 9, seed
   path = figures.save(fig, page.figure_path(out, "fig6_layer2.png"))
   section = page.sections(out)
   previous = next((s for s in section if s["key"] == "fig6"), None)
-  figs = [os.path.join(out, f) for f in (previous or {}).get("figures", [])
+  kept = [(f, c) for f, c in zip((previous or {}).get("figures", []),
+                                  (previous or {}).get("captions") or [None] * 99)
           if not f.endswith("fig6_layer2.png")]
+  figs = [os.path.join(out, f) for f, _ in kept]
+  captions = [c or "Layer-1 filters" for _, c in kept] + ["Layer-2 top projections per run"]
   page.add_section(out, "fig6", "Fig. 6: layer-1 filters and layer-2 features",
                      text=(previous or {}).get("text", "") + "\n\nLayer-2 projections of each "
                      "run (Fig. 6 (d), (e)).", figures=figs + [path],
-                     tables=(previous or {}).get("tables", []))
+                     tables=(previous or {}).get("tables", []), captions=captions)
   return path
 
 

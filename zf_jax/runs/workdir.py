@@ -97,6 +97,12 @@ def make_mesh() -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Explicit,))
 
 
+def one_device_mesh() -> jax.sharding.Mesh:
+  """`make_mesh`'s axis on this process's first device only."""
+  return jax.make_mesh((1,), (train.DATA_AXIS,), axis_types=(jax.sharding.AxisType.Explicit,),
+                       devices=jax.local_devices()[:1])
+
+
 def abstract_state(cfg: RunConfig, arch: arch_lib.Arch, mesh) -> train.TrainState:
   """Shapes, dtypes and shardings of the run's train state, computing nothing."""
   rng = jax.random.key(cfg.seed)
@@ -261,7 +267,9 @@ class Workdir:
 
     Args:
       step: the checkpoint to read; None: the latest.
-      mesh: where the parameters go (replicated); None: `make_mesh()`.
+      mesh: where the parameters go (replicated); None: the first device, where
+        the analyses compute (a run trained on several devices, e.g.
+        --cpu_devices, would otherwise repeat every analysis on each of them).
 
     Raises:
       NoRunError: not a training workdir, no checkpoint, or none for `step`.
@@ -270,7 +278,7 @@ class Workdir:
     """
     cfg, facts = self.read_config()
     arch = _arch(cfg, facts)
-    mesh = make_mesh() if mesh is None else mesh
+    mesh = one_device_mesh() if mesh is None else mesh
     state, _, step = self.restore(abstract_state(cfg, arch, mesh), step)
     return Run(workdir=self.path, config=cfg, arch=arch, params=state.params, step=step)
 
