@@ -117,8 +117,10 @@ def update(state: TopK, params: Params, arch: Arch, images: jax.Array, index: ja
 def over_batches(params: Params, arch: Arch, batches: Iterable[dict], layers: Sequence[int],
                  k: int = 9) -> TopK:
   """`update` over every batch {"image", "index"[, "valid"]} of a stream; one pass."""
-  # On the parameters' devices from the start, as `update` returns it: one compile.
-  state = jax.device_put(init(arch, layers, k), jax.tree.leaves(params)[0].sharding)
+  state = init(arch, layers, k)
+  sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
+  if sharding is not None:  # On the parameters' devices, as `update` returns it: one compile.
+    state = jax.device_put(state, sharding)
   for batch in batches:
     valid = batch.get("valid")
     state = update(state, params, arch, jnp.asarray(batch["image"]),
