@@ -7,10 +7,14 @@ fresh process from the repository root, as README's commands do.
 (skips without the Debian files). `fashion_run`: a workdir holding a
 `zfnet_tiny` trained on it for 600 steps (~1 min on 2 CPU cores), good
 enough (74% test accuracy) for the Section 4 analyses to show real effects,
-trained once per session.
+trained once per session: the first pytest-xdist worker that asks builds
+these two, the other waits for it and reuses them.
 """
 
+import fcntl
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -57,17 +61,38 @@ HAVE_DEBIAN_FILES = all(
 FASHION_RUN_STEPS = 600
 
 
+def _once_per_session(tmp_path_factory, name: str, build):
+  """`build(folder)`'s JSON result, built once for all pytest-xdist workers of this session.
+
+  Under xdist the workers' temporary folders share a parent, one per session:
+  the first worker to ask builds into it under a lock, the others wait and
+  read the result. A failed build leaves nothing behind: the next one retries.
+  """
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  folder, done = root / name, root / f"{name}.json"
+  with open(root / f"{name}.lock", "w", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      done.write_text(json.dumps(build(str(folder))), encoding="utf-8")
+    return json.loads(done.read_text(encoding="utf-8"))
+
+
 @pytest.fixture(scope="session", name="fashion_data_dir")
 def _fashion_data_dir(tmp_path_factory):
   """A fresh tfds data_dir with fashion_mnist_debian prepared from Debian's files."""
   if not HAVE_DEBIAN_FILES:
     pytest.skip(f"no Fashion-MNIST in {datasets.DEFAULT_DIR}: "
                 "sudo apt-get install dataset-fashion-mnist")
-  data_dir = str(tmp_path_factory.mktemp("tfds_fashion"))
-  with pytest.MonkeyPatch.context() as mp:
-    mp.delenv(datasets.DIR_ENV, raising=False)  # Read Debian's files, whatever the caller set.
-    tfds.builder(datasets.EMBEDDED_DATASET, data_dir=data_dir).download_and_prepare()
-  return data_dir
+
+  def build(data_dir):
+    with pytest.MonkeyPatch.context() as mp:
+      mp.delenv(datasets.DIR_ENV, raising=False)  # Read Debian's files, whatever the caller set.
+      tfds.builder(datasets.EMBEDDED_DATASET, data_dir=data_dir).download_and_prepare()
+    return data_dir
+
+  return _once_per_session(tmp_path_factory, "tfds_fashion", build)
 
 
 def fashion_run_config(data_dir: str, **overrides) -> RunConfig:
@@ -85,7 +110,10 @@ def fashion_run_config(data_dir: str, **overrides) -> RunConfig:
 @pytest.fixture(scope="session", name="fashion_run")
 def _fashion_run(tmp_path_factory, fashion_data_dir):
   """(workdir, summary) of zfnet_tiny trained on Fashion-MNIST; read-only for tests."""
-  workdir = str(tmp_path_factory.mktemp("fashion_run") / "run")
-  summary = trainer.train_and_evaluate(fashion_run_config(fashion_data_dir), workdir)
-  assert summary["status"] == "complete"
-  return workdir, summary
+  def build(folder):
+    workdir = os.path.join(folder, "run")
+    summary = trainer.train_and_evaluate(fashion_run_config(fashion_data_dir), workdir)
+    assert summary["status"] == "complete"
+    return [workdir, summary]
+
+  return tuple(_once_per_session(tmp_path_factory, "fashion_run", build))

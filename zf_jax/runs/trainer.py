@@ -283,6 +283,9 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
       cfg.num_epochs * info.steps_per_epoch)
   spe = info.steps_per_epoch
   keep = sorted(e * spe for e in cfg.keep_epochs if 0 < e * spe <= total)
+  if cfg.train.lr_schedule == "cosine" and not round(cfg.warmup_epochs * spe) < total:
+    raise ValueError(f"warmup_epochs={cfg.warmup_epochs} ({round(cfg.warmup_epochs * spe)} "
+                     f"steps) must be shorter than the run ({total} steps): lower --warmup_epochs")
   # The schedule in steps, from the epochs the flags name.
   cfg = dataclasses.replace(cfg, train=dataclasses.replace(
       cfg.train, lr_decay_steps=tuple(round(e * spe) for e in cfg.lr_decay_epochs),
