@@ -117,3 +117,4 @@ def _fashion_run(tmp_path_factory, fashion_data_dir):
     return [workdir, summary]
 
   return tuple(_once_per_session(tmp_path_factory, "fashion_run", build))
+
