@@ -118,22 +118,3 @@ def _fashion_run(tmp_path_factory, fashion_data_dir):
 
   return tuple(_once_per_session(tmp_path_factory, "fashion_run", build))
 
-
-
-# The longest files first (their module fixtures train runs), the files that read
-# `fashion_run` last but one that trains it first: no worker waits idle for it.
-_FIRST = ("test_invariance", "test_quickstart", "test_trainer", "test_benchmarks",
-          "test_imagenet_analyses")
-
-
-def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
-  """Orders the files for pytest-xdist (`--dist loadfile` hands them out in this order)."""
-  fashion = {item.module.__name__ for item in items if "fashion_run" in item.fixturenames}
-
-  def rank(item):
-    name = item.module.__name__
-    if name in _FIRST:
-      return (0, _FIRST.index(name))
-    return (2, 0) if name in fashion else (1, 0)
-
-  items.sort(key=rank)  # Stable: tests keep their order within a file.
