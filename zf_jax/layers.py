@@ -112,12 +112,13 @@ def _input_grad(y: jax.Array, w: jax.Array, stride: int, padding: Padding,
         row.append(_lax_conv(y, flipped, 1, ((taps.shape[0] - 1, hq - ho),
                                              (taps.shape[1] - 1, wq - wo))))
     phases.append(row)
-  if stride == 1:
-    full = phases[0][0]
-  else:
-    # (..., hq, [a], wq, [b], c) -> row s * p + a, column s * q + b.
-    full = jnp.stack([jnp.stack(row, axis=-2) for row in phases], axis=-4)
-    full = full.reshape(full.shape[:-5] + (hq * stride, wq * stride, full.shape[-1]))
+  # Phase (a, b) holds rows s * p + a and columns s * q + b: interleaved by
+  # interior padding (a reshape that merges the phase axes would need an
+  # explicit output sharding under a mesh).
+  full = sum(lax.pad(phases[a][b], jnp.zeros((), y.dtype),
+                     batch + [(a, stride - 1 - a, stride - 1), (b, stride - 1 - b, stride - 1),
+                              (0, 0, 0)])
+             for a in range(stride) for b in range(stride))
   return full[..., lo_h:lo_h + input_hw[0], lo_w:lo_w + input_hw[1], :]
 
 
