@@ -13,7 +13,6 @@ multi-host training, so the hosts do not each compute it:
 import os
 
 from experiments import cli
-from zf_jax import arch as arch_lib
 from zf_jax.data import input_pipeline
 from zf_jax.runs import config
 from zf_jax.runs.workdir import input_config
@@ -23,7 +22,7 @@ config.define_flags()
 
 def main(_):
   cfg = config.from_flags()
-  icfg = input_config(cfg, arch_lib.get(cfg.arch).image_size, cfg.train.batch_size)
+  icfg = input_config(cfg, cfg.network().image_size, cfg.train.batch_size)
   path = input_pipeline.mean_image_path(icfg)
   reused = os.path.exists(path)
   mean = input_pipeline.load_or_compute_mean_image(icfg)

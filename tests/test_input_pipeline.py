@@ -172,7 +172,7 @@ def test_mean_image_is_the_average_of_resized_images_and_is_cached(ids, tmp_path
   np.testing.assert_array_equal(ip.load_or_compute_mean_image(cfg), 7.0)  # Reused, not redone.
 
 
-@pytest.mark.parametrize("crops", ["ten", "random"])
+@pytest.mark.parametrize("crops", ["ten", "random", "center"])
 def test_train_crops_are_sub_crops_of_the_mean_subtracted_image(ids, crops):
   mean = np.random.default_rng(2).uniform(0, 255, (12, 12, 3)).astype(np.float32)
   cfg = ip.InputConfig(global_batch_size=5, train_crops=crops, **SMALL)
@@ -183,13 +183,16 @@ def test_train_crops_are_sub_crops_of_the_mean_subtracted_image(ids, crops):
       base = base_image(ids["train"][label][0], 12) - mean
       if crops == "ten":
         candidates = ip.ten_crops(base, 8)
+      elif crops == "center":
+        candidates = ip.ten_crops(base, 8)[4:5]
       else:
         candidates = np.stack([c for y in range(5) for x in range(5)
                                for c in (base[y:y + 8, x:x + 8], base[y:y + 8, x:x + 8][:, ::-1])])
       match = np.flatnonzero(np.abs(candidates - image).max(axis=(1, 2, 3)) < 1e-3)
       assert match.size, f"example {label} is not one of the allowed crops"
       chosen.add(int(match[0]))
-  assert len(chosen) > 3  # The crop is drawn per example, not fixed.
+  # The crop is drawn per example, not fixed (except the centre crop).
+  assert len(chosen) == 1 if crops == "center" else len(chosen) > 3
 
 
 def test_same_seed_gives_identical_batches_and_another_seed_differs(ids):

@@ -191,7 +191,7 @@ _POOL = PoolSpec(window=3, stride=2)
 
 def _five_conv(name: str, image_size: int, num_classes: int, features: Sequence[int], fc: int,
                *, layer1: tuple[int, int, int], layer2: tuple[int, int, int],
-               pool12: PoolSpec, pool5: PoolSpec) -> Arch:
+               pool12: PoolSpec, pool5: PoolSpec | None) -> Arch:
   """Fig. 3's layout, which every preset shares: five conv layers, max pool and LRN after
   layers 1 and 2, max pool after 5, two hidden fc layers of `fc` units.
 
@@ -236,13 +236,32 @@ def _small(name="zfnet_small", features=(32, 64, 96, 96, 64), fc=256, size=28) -
                     pool12=_POOL_PAD, pool5=_POOL_PAD)
 
 
+def _alexnet_small(name="alexnet_small", features=(32, 64, 96, 96, 64), fc=256,
+                   size=28) -> Arch:
+  """`zfnet_small`'s counterpart with Krizhevsky's first layers, the base of Table 3's
+  small-scale removal rows.
+
+  Fig. 3 changed AlexNet's first layer from 11x11/4 to 7x7/2 filters and made
+  layer 2 strided instead; at 28 px the same contrast is 7x7/2 first-layer
+  filters (pad 3) and a stride-1 layer 2 here, against `zfnet_small`'s 5x5/1
+  in both. Maps: 28 -> 14 -> 7 (pool) -> 7 -> 3 (pool) -> 3 -> 3 -> 3. The
+  top map is already 3x3 after layer 2's pool, so there is no pool after
+  layer 5: the fc layers see 3x3x64, as in `zfnet_small`.
+  """
+  return _five_conv(name, size, 10, features, fc, layer1=(7, 2, 3), layer2=(5, 1, 2),
+                    pool12=_POOL_PAD, pool5=None)
+
+
 _PRESETS = {
     "zfnet": _zfnet,
     "alexnet": _alexnet,
     "zfnet_wide": lambda: _zfnet("zfnet_wide", conv_features=(96, 256, 512, 1024, 512)),
     "zfnet_small": _small,
+    "alexnet_small": _alexnet_small,
     # For tests and quick experiments: same structure, a few maps per layer.
     "zfnet_tiny": lambda: _small("zfnet_tiny", features=(8, 12, 16, 16, 12), fc=32, size=32),
+    "alexnet_tiny": lambda: _alexnet_small("alexnet_tiny", features=(8, 12, 16, 16, 12),
+                                           fc=32, size=32),
 }
 
 

@@ -46,7 +46,7 @@ def _hide_gpus_from_tensorflow() -> None:
 
 _hide_gpus_from_tensorflow()
 
-TRAIN_CROPS = ("ten", "random")
+TRAIN_CROPS = ("ten", "random", "center")
 EVAL_CROPS = ("center", "ten")
 _MEAN_DIR = "zf_jax_mean"
 _IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
@@ -63,7 +63,7 @@ class InputConfig:
   image_size: int = 224
   resize_size: int = 256
   global_batch_size: int = 128
-  train_crops: str = "ten"  # "ten": Section 3's fixed crops; "random".
+  train_crops: str = "ten"  # "ten": Section 3's fixed crops; "random"; "center": no augmentation.
   seed: int = 0
   shuffle_buffer: int = 10_000
   mean_max_examples: int | None = None
@@ -280,7 +280,9 @@ def resize_center(image: tf.Tensor, size: int) -> tf.Tensor:
   h, w = shape[0], shape[1]
   side = tf.minimum(h, w)
   square = tf.image.crop_to_bounding_box(image, (h - side) // 2, (w - side) // 2, side, side)
-  out = tf.image.resize(square, [size, size], method="bilinear", antialias=True)
+  # A square already `size` wide (Fashion-MNIST at 28) is its own resize: skip the work.
+  out = tf.cond(side == size, lambda: tf.cast(square, tf.float32),
+                lambda: tf.image.resize(square, [size, size], method="bilinear", antialias=True))
   return tf.reshape(out, [size, size, 3])
 
 
@@ -288,6 +290,9 @@ def _crop_offsets(height, width, size):
   """Section 3's five crop corners: top-left, top-right, bottom-left, bottom-right, centre."""
   dy, dx = height - size, width - size
   return [(0, 0), (0, dx), (dy, 0), (dy, dx), (dy // 2, dx // 2)]
+
+
+CENTRE_OF_TEN = 4  # `ten_crops`' order: the 4 corners, the centre, then the same 5 mirrored.
 
 
 def ten_crops(image: np.ndarray | tf.Tensor, size: int):
@@ -317,7 +322,8 @@ def _fixed_crop(image: tf.Tensor, index: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def _train_preprocess(cfg: InputConfig, mean: np.ndarray, key: int):
-  """Section 3 for training: resize, centre crop, minus the mean, one random crop."""
+  """Section 3 for training: resize, centre crop, minus the mean, one random crop (or the
+  centre crop, unaugmented, for `train_crops="center"`)."""
   mean = tf.constant(mean, tf.float32)
   margin = cfg.resize_size - cfg.image_size
 
@@ -328,6 +334,8 @@ def _train_preprocess(cfg: InputConfig, mean: np.ndarray, key: int):
     u = tf.random.stateless_uniform([3], seed=tf.stack([tf.constant(key, tf.int64), ex["_pos"]]))
     if cfg.train_crops == "ten":
       image = _fixed_crop(image, tf.minimum(tf.cast(u[0] * 10, tf.int32), 9), cfg.image_size)
+    elif cfg.train_crops == "center":
+      image = _fixed_crop(image, tf.constant(CENTRE_OF_TEN), cfg.image_size)
     else:
       y, x = (tf.minimum(tf.cast(v * (margin + 1), tf.int32), margin) for v in (u[0], u[1]))
       image = tf.slice(image, tf.stack([y, x, 0]), [cfg.image_size, cfg.image_size, 3])

@@ -39,12 +39,19 @@ flags.disclaim_key_flags()
 class RunConfig:
   """One training run (Section 3). `train` holds the recipe; the rest says what and how long."""
   arch: str = option("zfnet", "Architecture preset (zf_jax.arch).", choices=arch_lib.names())
+  remove: tuple[int, ...] = option(
+      (), "Table 3: remove these layers of --arch (any of conv 3, 4, 5 and fc 6, 7).")
+  fc_features: int | None = option(
+      None, "Table 3: units of the hidden fc layers 6 and 7 (default: --arch's).", off=0)
+  conv_features: tuple[int, ...] = option(
+      (), "Table 3: maps of conv layers 3, 4, 5 (e.g. 512,1024,512; default: --arch's).")
   dataset: str = option("imagenet2012", "tfds image classification dataset name.")
   data_dir: str | None = option(None, "tfds data_dir (default: tfds' own).")
   resize_size: int | None = option(
       None, "Smaller side before cropping (default: 256/224 of the arch's input, Section 3).")
   train_crops: str = option("ten", "ten: the paper's 10 fixed crops; random: random crops and "
-                            "flips.", choices=input_pipeline.TRAIN_CROPS)
+                            "flips; center: the centre crop only (no augmentation).",
+                            choices=input_pipeline.TRAIN_CROPS)
   num_epochs: float = option(70.0, "Epochs to train (Section 3: 70).")
   num_steps: int | None = option(None, "Steps to train; overrides --num_epochs.")
   seed: int = option(0, "Seed for init, dropout and data order.")
@@ -79,6 +86,7 @@ class RunConfig:
 
   def __post_init__(self):
     check_choices(self)
+    self.network()  # A one-line ValueError for an edit the architecture cannot take.
     if self.num_steps is None and not self.num_epochs > 0:
       raise ValueError(f"num_epochs must be > 0, got {self.num_epochs}")
     if self.num_steps is not None and self.num_steps < 0:
@@ -89,6 +97,15 @@ class RunConfig:
       raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
     if self.checkpoint_every < 1 or self.log_every < 1:
       raise ValueError("checkpoint_every and log_every must be >= 1")
+
+  def network(self, num_classes: int | None = None) -> arch_lib.Arch:
+    """The `Arch` this run trains: the --arch preset with the Table 3 edits (--remove,
+    --fc_features, --conv_features), with a `num_classes`-way softmax if given."""
+    arch = arch_lib.get(self.arch)
+    if self.remove or self.fc_features is not None or self.conv_features:
+      arch = arch_lib.ablate(arch, remove=self.remove, fc_features=self.fc_features,
+                             conv_features=self.conv_features or None)
+    return arch if num_classes is None else arch_lib.with_classes(arch, num_classes)
 
 
 # --- Fields as flags -----------------------------------------------------------------------

@@ -157,16 +157,12 @@ def evaluate(params, arch: arch_lib.Arch, icfg: input_pipeline.InputConfig, mesh
   return out
 
 
-# `input_pipeline.ten_crops` order: the 4 corners, the centre, then the same 5 mirrored.
-CENTRE_OF_TEN = 4
-
-
 @functools.lru_cache(maxsize=16)  # One compile per (arch, mesh).
 def _centre_and_ten_step(arch: arch_lib.Arch, mesh):
   """`train.make_eval_step`'s sums for both crop modes from one batch of Section 3's 10 crops.
 
-  The centre-crop evaluation's image is crop `CENTRE_OF_TEN` of the 10 and an
-  image's forward pass does not depend on the rest of its batch, so the
+  The centre-crop evaluation's image is crop `input_pipeline.CENTRE_OF_TEN` of the 10
+  and an image's forward pass does not depend on the rest of its batch, so the
   centre crop costs no forward pass of its own: {"center": sums, "ten": sums},
   each the same computation as `train.make_eval_step` on its own batches.
   """
@@ -174,7 +170,8 @@ def _centre_and_ten_step(arch: arch_lib.Arch, mesh):
     images, labels, mask = batch["image"], batch["label"], batch["mask"]
     logits, _ = model.apply(params, images.reshape(-1, *images.shape[-3:]), arch)
     probs = jax.nn.softmax(logits).reshape(images.shape[0], images.shape[1], -1)
-    centre = probs[:, CENTRE_OF_TEN:CENTRE_OF_TEN + 1]  # A mean over 1 crop, as eval_step's.
+    c = input_pipeline.CENTRE_OF_TEN
+    centre = probs[:, c:c + 1]  # A mean over 1 crop, as eval_step's.
     return {"center": train.sums_from_probs(jnp.mean(centre, axis=1), labels, mask),
             "ten": train.sums_from_probs(jnp.mean(probs, axis=1), labels, mask)}
 
@@ -265,7 +262,7 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
   """
   if cfg.cpu_devices is not None:
     use_cpu_devices(cfg.cpu_devices)
-  if cfg.distributed:
+  if cfg.distributed and not jax.distributed.is_initialized():  # Once, for several runs.
     jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
   wd = workdir_lib.Workdir(workdir)
   os.makedirs(wd.path, exist_ok=True)
@@ -275,10 +272,10 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
       raise ValueError(f"{name} {size} is not divisible by the {jax.device_count()} devices; "
                        f"use a multiple of {jax.device_count()}")
   mesh = make_mesh()
-  arch = arch_lib.get(cfg.arch)
+  arch = cfg.network()
   icfg = input_config(cfg, arch.image_size, batch)
   info = input_pipeline.dataset_info(icfg)
-  arch = arch_lib.with_classes(arch, info.num_classes)
+  arch = cfg.network(info.num_classes)
   total = cfg.num_steps if cfg.num_steps is not None else math.ceil(
       cfg.num_epochs * info.steps_per_epoch)
   spe = info.steps_per_epoch

@@ -305,7 +305,7 @@ class Workdir:
 
 
 def _arch(cfg: RunConfig, facts: dict[str, Any]) -> arch_lib.Arch:
-  return arch_lib.with_classes(arch_lib.get(cfg.arch), int(facts["num_classes"]))
+  return cfg.network(int(facts["num_classes"]))
 
 
 def _newest_intact(ckpt: checkpoint.Checkpointer, abstract, steps, failures=None):
