@@ -9,6 +9,9 @@ fresh process from the repository root, as README's commands do.
 enough (74% test accuracy) for the Section 4 analyses to show real effects,
 trained once per session: the first pytest-xdist worker that asks builds
 these two, the other waits for it and reuses them.
+
+`Child` / the `spawn` fixture: a binary in a subprocess whose output is
+readable while it runs (to interrupt it at a checkpoint: `wait_for_checkpoint`).
 """
 
 import fcntl
@@ -17,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import tensorflow_datasets as tfds
@@ -52,6 +56,102 @@ def run_python(*args: str, cwd: str = REPO, env: dict | None = None,
 def run_module(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
   """`python -m module *args`, as README's commands run a binary (see `run_python`)."""
   return run_python("-m", module, *args, **kwargs)
+
+
+# --- Children: binaries run as a user runs them, interrupted as a user (or a machine) would.
+
+
+def _tail(text: str, n: int = 8000) -> str:
+  return text if len(text) <= n else "...\n" + text[-n:]
+
+
+class Child:
+  """A subprocess whose stdout and stderr go to files, readable while it runs."""
+
+  def __init__(self, name: str, args: list[str], logdir, env=None, cwd=None):
+    self.name = name
+    os.makedirs(logdir, exist_ok=True)
+    self._out = os.path.join(logdir, f"{name}.stdout")
+    self._err = os.path.join(logdir, f"{name}.stderr")
+    with open(self._out, "wb") as out, open(self._err, "wb") as err:
+      self.proc = subprocess.Popen(args, stdout=out, stderr=err, env=env or child_env(),
+                                   cwd=cwd or logdir)
+    self.started = time.monotonic()
+
+  @property
+  def pid(self) -> int:
+    return self.proc.pid
+
+  def stdout(self) -> str:
+    with open(self._out, encoding="utf-8", errors="replace") as f:
+      return f.read()
+
+  def stderr(self) -> str:
+    with open(self._err, encoding="utf-8", errors="replace") as f:
+      return f.read()
+
+  def report(self) -> str:
+    return (f"\n----- {self.name} (pid {self.pid}, exit {self.proc.returncode}) stdout -----\n"
+            f"{_tail(self.stdout())}\n----- {self.name} stderr -----\n{_tail(self.stderr())}")
+
+  def alive(self) -> bool:
+    return self.proc.poll() is None
+
+  def kill(self) -> None:
+    if self.alive():
+      self.proc.kill()
+      self.proc.wait()
+
+  def wait(self, timeout: float) -> int:
+    """The exit status; kills the child and fails (showing its output) after `timeout` s."""
+    try:
+      return self.proc.wait(timeout=max(timeout - (time.monotonic() - self.started), 1))
+    except subprocess.TimeoutExpired:
+      self.kill()
+      pytest.fail(f"{self.name} did not finish within {timeout:.0f} s" + self.report())
+
+  def check(self, timeout: float) -> str:
+    """Waits for a zero exit; returns stdout."""
+    rc = self.wait(timeout)
+    assert rc == 0, f"{self.name} exited with {rc}" + self.report()
+    return self.stdout()
+
+
+@pytest.fixture(name="spawn")
+def _spawn(tmp_path):
+  """`spawn(name, args, **kw) -> Child`; children still running at teardown are killed."""
+  children = []
+
+  def spawn(name, args, **kwargs):
+    kwargs.setdefault("logdir", str(tmp_path / "logs"))
+    child = Child(name, args, **kwargs)
+    children.append(child)
+    return child
+
+  yield spawn
+  for child in children:
+    child.kill()
+
+
+def finalized_steps(ckpt_dir) -> list[int]:
+  """Checkpoint steps orbax has finished (renamed from their tmp dirs)."""
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+
+
+def wait_for_checkpoint(child: Child, ckpt_dir, min_step: int, timeout: float = 180) -> int:
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    steps = finalized_steps(ckpt_dir)
+    if steps and steps[-1] >= min_step:
+      assert child.alive(), f"{child.name} ended before it could be interrupted" + child.report()
+      return steps[-1]
+    if not child.alive():
+      pytest.fail(f"{child.name} exited before checkpoint {min_step}" + child.report())
+    time.sleep(0.01)
+  child.kill()
+  pytest.fail(f"no checkpoint >= {min_step} after {timeout} s" + child.report())
 
 
 HAVE_DEBIAN_FILES = all(

@@ -29,7 +29,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -44,7 +43,8 @@ if TESTS_DIR not in sys.path:
   sys.path.insert(0, TESTS_DIR)
 
 import tiny_dataset  # noqa: E402  (registers zf_tiny_images)
-from conftest import child_env, run_module, run_python  # noqa: E402
+from conftest import (Child, child_env, finalized_steps, run_module,  # noqa: E402
+                      run_python, wait_for_checkpoint)
 
 from zf_jax import arch as arch_lib  # noqa: E402
 from zf_jax.data import input_pipeline  # noqa: E402
@@ -66,103 +66,10 @@ NUM_VALIDATION = tiny_dataset.SPLITS["validation"]  # 24
 # Subprocess helpers.
 
 
-def _tail(text: str, n: int = 8000) -> str:
-  return text if len(text) <= n else "...\n" + text[-n:]
-
-
-class Child:
-  """A subprocess whose stdout and stderr go to files, readable while it runs."""
-
-  def __init__(self, name: str, args: list[str], logdir, env=None, cwd=None):
-    self.name = name
-    os.makedirs(logdir, exist_ok=True)
-    self._out = os.path.join(logdir, f"{name}.stdout")
-    self._err = os.path.join(logdir, f"{name}.stderr")
-    with open(self._out, "wb") as out, open(self._err, "wb") as err:
-      self.proc = subprocess.Popen(args, stdout=out, stderr=err, env=env or child_env(),
-                                   cwd=cwd or logdir)
-    self.started = time.monotonic()
-
-  @property
-  def pid(self) -> int:
-    return self.proc.pid
-
-  def stdout(self) -> str:
-    with open(self._out, encoding="utf-8", errors="replace") as f:
-      return f.read()
-
-  def stderr(self) -> str:
-    with open(self._err, encoding="utf-8", errors="replace") as f:
-      return f.read()
-
-  def report(self) -> str:
-    return (f"\n----- {self.name} (pid {self.pid}, exit {self.proc.returncode}) stdout -----\n"
-            f"{_tail(self.stdout())}\n----- {self.name} stderr -----\n{_tail(self.stderr())}")
-
-  def alive(self) -> bool:
-    return self.proc.poll() is None
-
-  def kill(self) -> None:
-    if self.alive():
-      self.proc.kill()
-      self.proc.wait()
-
-  def wait(self, timeout: float) -> int:
-    """The exit status; kills the child and fails (showing its output) after `timeout` s."""
-    try:
-      return self.proc.wait(timeout=max(timeout - (time.monotonic() - self.started), 1))
-    except subprocess.TimeoutExpired:
-      self.kill()
-      pytest.fail(f"{self.name} did not finish within {timeout:.0f} s" + self.report())
-
-  def check(self, timeout: float) -> str:
-    """Waits for a zero exit; returns stdout."""
-    rc = self.wait(timeout)
-    assert rc == 0, f"{self.name} exited with {rc}" + self.report()
-    return self.stdout()
-
-
-@pytest.fixture(name="spawn")
-def _spawn(tmp_path):
-  """`spawn(name, args, **kw) -> Child`; children still running at teardown are killed."""
-  children = []
-
-  def spawn(name, args, **kwargs):
-    kwargs.setdefault("logdir", str(tmp_path / "logs"))
-    child = Child(name, args, **kwargs)
-    children.append(child)
-    return child
-
-  yield spawn
-  for child in children:
-    child.kill()
-
-
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
-
-
-def finalized_steps(ckpt_dir) -> list[int]:
-  """Checkpoint steps orbax has finished (renamed from their tmp dirs)."""
-  if not os.path.isdir(ckpt_dir):
-    return []
-  return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
-
-
-def wait_for_checkpoint(child: Child, ckpt_dir, min_step: int, timeout: float = 180) -> int:
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    steps = finalized_steps(ckpt_dir)
-    if steps and steps[-1] >= min_step:
-      assert child.alive(), f"{child.name} ended before it could be interrupted" + child.report()
-      return steps[-1]
-    if not child.alive():
-      pytest.fail(f"{child.name} exited before checkpoint {min_step}" + child.report())
-    time.sleep(0.01)
-  child.kill()
-  pytest.fail(f"no checkpoint >= {min_step} after {timeout} s" + child.report())
 
 
 # ---------------------------------------------------------------------------
