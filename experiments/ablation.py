@@ -48,17 +48,17 @@ config.define_flags()
 FLAGS = flags.FLAGS
 
 
-def _plan(cfg: config.RunConfig) -> list[config.RunConfig]:
+def plan(cfg: config.RunConfig, flag_values=FLAGS) -> list[config.RunConfig]:
   """The configs to train, in order; a one-line ValueError for a request that makes no sense."""
   cfg = dataclasses.replace(cfg, final_eval_crops=("center", "ten"), visualize=False)
   _, scale = ablation.split_preset(cfg.arch)
-  rows = numbers("rows", FLAGS.rows)
-  if not (FLAGS.all or rows):
-    if FLAGS.base:
-      cfg = dataclasses.replace(cfg, arch=FLAGS.base + scale)
+  rows = numbers("rows", flag_values.rows)
+  if not (flag_values.all or rows):
+    if flag_values.base:
+      cfg = dataclasses.replace(cfg, arch=flag_values.base + scale)
     return [cfg]
   edited = [f"--{f}" for f in ("remove", "fc_features", "conv_features", "base")
-            if FLAGS[f].present]
+            if flag_values[f].present]
   if edited:
     raise ValueError(f"--all and --rows train the paper's rows; drop {', '.join(edited)}")
   total = len(ablation.PAPER_TABLE3)
@@ -79,18 +79,18 @@ def main(_):
     md, _, report = ablation.write_table3(root, cfg)
     print(f"table: {md}\nreport: {report}")
     return
-  plan = _plan(cfg)
-  for i, row_cfg in enumerate(plan, 1):
+  todo = plan(cfg)
+  for i, row_cfg in enumerate(todo, 1):
     name = ablation.variant(row_cfg)
     wd = os.path.join(root, name)
     done = ablation.read_rows(root).get(name)
     if done is not None:
-      print(f"[{i}/{len(plan)}] {name}: finished ({done['center']['val_top1']:.2f}% val "
+      print(f"[{i}/{len(todo)}] {name}: finished ({done['center']['val_top1']:.2f}% val "
             "top-1 error), skipped")
       continue
     paper = ablation.paper_row_of(row_cfg)
     where = f"Table 3 row {paper}" if paper else "not a row of the paper's Table 3"
-    print(f"[{i}/{len(plan)}] {name} ({where}) -> {wd}", flush=True)
+    print(f"[{i}/{len(todo)}] {name} ({where}) -> {wd}", flush=True)
     try:
       summary = trainer.train_and_evaluate(row_cfg, wd)
     except trainer.NonFiniteLossError as e:
@@ -102,7 +102,7 @@ def main(_):
     if jax.process_index() == 0:
       ablation.write_row(wd)
       md, _, _ = ablation.write_table3(root, cfg)
-      print(f"[{i}/{len(plan)}] {name}: row written; table: {md}", flush=True)
+      print(f"[{i}/{len(todo)}] {name}: row written; table: {md}", flush=True)
   if jax.process_index() == 0:
     md, _, report = ablation.write_table3(root, cfg)
     print(f"table: {md}\nreport: {report}")

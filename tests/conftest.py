@@ -22,6 +22,12 @@ import subprocess
 import sys
 import time
 
+# The tests' time goes mostly to compiling (tiny models, few steps): XLA's
+# backend optimisation level 0 compiles a train step ~3x faster, and runs it
+# ~10% slower. Set before JAX starts its backend, for this process and children.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), FAST_COMPILE]))
+
 import pytest
 import tensorflow_datasets as tfds
 
@@ -38,7 +44,7 @@ def child_env(**extra: str) -> dict[str, str]:
   """The environment of a test's child process: JAX on the CPU (one device unless `extra`
   sets XLA_FLAGS), unbuffered, the repository and tests/ (tiny_dataset) importable first."""
   env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = FAST_COMPILE
   env["PYTHONPATH"] = os.pathsep.join(
       [REPO, TESTS_DIR] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
   env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")

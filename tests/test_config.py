@@ -119,7 +119,7 @@ def helpshort_entries(text: str) -> dict[str, str]:
   """{flag: help text} of absl's --helpshort output (wrapped lines joined)."""
   entries, name = {}, None
   for line in text.splitlines():
-    m = re.match(r"  --(?:\[no\])?(\w+): (?:<[^>]*>: )?(.*)", line)
+    m = re.match(r"  --(?:\[no\])?(\w+):(.*)", line)
     if m:
       name = m.group(1)
       entries[name] = m.group(2)
@@ -127,7 +127,8 @@ def helpshort_entries(text: str) -> dict[str, str]:
       entries[name] += " " + line.strip()
     else:
       name = None
-  return entries
+  # An enum's choices come first ("<a|b>: help"; a long list on a line of its own).
+  return {k: re.sub(r"^\s*(<[^>]*>\s*:\s*)?", "", v) for k, v in entries.items()}
 
 
 def test_every_training_binary_shows_every_training_flag_with_its_help():

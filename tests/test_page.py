@@ -38,3 +38,14 @@ def test_default_captions_are_the_title_numbered_and_a_wrong_count_is_refused(tm
                                                     "Fig. 7: occlusion (2 of 2)"]
   with pytest.raises(ValueError, match="1 captions for 2 figures"):
     page.add_section(tmp_path, "fig7", "Fig. 7: occlusion", figures=[a, b], captions=["x"])
+
+
+def test_tables_keep_their_markdown_alignment_names_left_numbers_right(tmp_path):
+  from zf_jax.report import tables  # pylint: disable=import-outside-toplevel
+  lines = tables.markdown_table(["row", "variant", "error %"], [["Base | 1", "zfnet", "38.4"]],
+                                align="llr")
+  tables.write_table(tmp_path, "t", "# Title\n\n" + "\n".join(lines), {})
+  html = open(page.add_section(tmp_path, "table9", "T", tables=["t"]), encoding="utf-8").read()
+  assert ("<tr><td class='l'>Base | 1</td><td class='l'>zfnet</td><td>38.4</td></tr>"
+          in html), html
+  assert "<h4>Title</h4>" in html

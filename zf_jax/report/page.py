@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -91,14 +92,21 @@ def _markdown_table_html(markdown: str) -> str:
   def flush():
     if rows:
       head, body = rows[0], [r for r in rows[1:] if not set("".join(r)) <= set("-: ")]
+      marks = next((r for r in rows[1:] if set("".join(r)) <= set("-: ")), [])
+      # Markdown's alignment row: "---" left (names), "---:" right (numbers, the default).
+      left = [m.startswith("-") and not m.endswith(":") for m in marks]
+      cell = lambda i, c: (f"<td class='l'>{c}</td>" if i < len(left) and left[i]  # noqa: E731
+                           else f"<td>{c}</td>")
       out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>" + "".join(
-          "<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body) + "</table>")
+          "<tr>" + "".join(cell(i, c) for i, c in enumerate(r)) + "</tr>" for r in body)
+          + "</table>")
       rows.clear()
 
   for line in markdown.splitlines():
     line = line.strip()
     if line.startswith("|"):
-      rows.append([html.escape(c.strip()) for c in line.strip("|").split("|")])
+      cells = re.split(r"(?<!\\)\|", line[1:-1] if line.endswith("|") else line[1:])
+      rows.append([html.escape(c.strip().replace("\\|", "|")) for c in cells])
       continue
     flush()
     if line.startswith("#"):
@@ -111,7 +119,7 @@ def _markdown_table_html(markdown: str) -> str:
 
 _STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 img{max-width:100%;border:1px solid #ddd;margin:.5em 0}table{border-collapse:collapse;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}th{background:#f3f3f3}
+td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td.l{text-align:left}th{background:#f3f3f3}
 table.items td{text-align:left;border:none;padding:.1em 1em .1em 0}table.items td:first-child{font-weight:bold}
 figcaption{font-size:90%;color:#444}figcaption a{color:#888;margin-left:.5em}"""
 

@@ -48,8 +48,7 @@ from zf_jax.runs.config import RunConfig
 from zf_jax.runs.workdir import Workdir
 
 BASES = ("alexnet", "zfnet")
-SCALES = {"": "224 px ImageNet models", "_small": "small models (28 px)",
-          "_tiny": "tiny models (32 px)"}
+SCALES = {"": "224 px", "_small": "28 px", "_tiny": "32 px"}  # Preset suffix: input size.
 ROW_FILE = "table3_row.json"
 TABLE = "table3"
 IMAGENET = "imagenet2012"
@@ -220,7 +219,7 @@ def title(cfg: RunConfig) -> str:
   names = " / ".join(b + scale for b in BASES)
   where = ("ImageNet 2012" if cfg.dataset == IMAGENET
            else f"{cfg.dataset}, not ImageNet 2012")
-  return f"Table 3 with {SCALES[scale]} ({names}) on {where}: error %"
+  return f"Table 3: {names} at {SCALES[scale]} on {where} (error %)"
 
 
 def table3(cfg: RunConfig, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
