@@ -17,6 +17,7 @@ readable while it runs (to interrupt it at a checkpoint: `wait_for_checkpoint`).
 import fcntl
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -167,15 +168,14 @@ HAVE_DEBIAN_FILES = all(
 FASHION_RUN_STEPS = 600
 
 
-def _once_per_session(tmp_path_factory, name: str, build):
-  """`build(folder)`'s JSON result, built once for all pytest-xdist workers of this session.
+def _once(root, name: str, build):
+  """`build(folder)`'s JSON result, built once per pytest session under `root`.
 
   Under xdist the workers' temporary folders share a parent, one per session:
-  the first worker to ask builds into it under a lock, the others wait and
+  the first process to ask builds into it under a lock, the others wait and
   read the result. A failed build leaves nothing behind: the next one retries.
   """
-  base = tmp_path_factory.getbasetemp()
-  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  root = pathlib.Path(root)
   folder, done = root / name, root / f"{name}.json"
   with open(root / f"{name}.lock", "w", encoding="utf-8") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -185,20 +185,68 @@ def _once_per_session(tmp_path_factory, name: str, build):
     return json.loads(done.read_text(encoding="utf-8"))
 
 
+def _session_root(tmp_path_factory) -> pathlib.Path:
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _prepare_fashion(data_dir: str) -> str:
+  with pytest.MonkeyPatch.context() as mp:
+    mp.delenv(datasets.DIR_ENV, raising=False)  # Read Debian's files, whatever the caller set.
+    tfds.builder(datasets.EMBEDDED_DATASET, data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def build_shared(root) -> tuple[str, list]:
+  """The session's Fashion-MNIST data_dir and trained run (see the fixtures below)."""
+  data_dir = _once(root, "tfds_fashion", _prepare_fashion)
+
+  def train(folder):
+    workdir = os.path.join(folder, "run")
+    summary = trainer.train_and_evaluate(fashion_run_config(data_dir), workdir)
+    assert summary["status"] == "complete"
+    return [workdir, summary]
+
+  return data_dir, _once(root, "fashion_run", train)
+
+
+_BACKGROUND = []
+_USE_FASHION_RUN = ("test_correspondence.py", "test_figure_binaries.py", "test_invariance.py",
+                    "test_occlusion.py")
+
+
+def pytest_sessionstart(session):
+  """Under xdist, the controller starts building the shared Fashion-MNIST run at once, in
+  a process of its own: the workers run other files meanwhile instead of one of them
+  building it when its first file asks (and the others waiting for it)."""
+  if (os.environ.get("PYTEST_XDIST_WORKER") or not session.config.getoption("numprocesses", None)
+      or not HAVE_DEBIAN_FILES):
+    return
+  asked = [os.path.basename(a.split("::")[0]) for a in session.config.args]
+  if not any(a in _USE_FASHION_RUN or not a.startswith("test_") for a in asked):
+    return  # Only files that do not need it (a file not listed here builds it itself).
+  root = session.config._tmp_path_factory.getbasetemp()  # pylint: disable=protected-access
+  log = open(root / "build_shared.log", "w", encoding="utf-8")  # pylint: disable=consider-using-with
+  _BACKGROUND.append(subprocess.Popen(
+      [sys.executable, "-c", f"import conftest; conftest.build_shared({str(root)!r})"],
+      cwd=REPO, env=child_env(), stdout=log, stderr=subprocess.STDOUT))
+
+
+def pytest_sessionfinish(session):
+  del session
+  for proc in _BACKGROUND:
+    if proc.poll() is None:
+      proc.kill()
+    proc.wait()
+
+
 @pytest.fixture(scope="session", name="fashion_data_dir")
 def _fashion_data_dir(tmp_path_factory):
   """A fresh tfds data_dir with fashion_mnist_debian prepared from Debian's files."""
   if not HAVE_DEBIAN_FILES:
     pytest.skip(f"no Fashion-MNIST in {datasets.DEFAULT_DIR}: "
                 "sudo apt-get install dataset-fashion-mnist")
-
-  def build(data_dir):
-    with pytest.MonkeyPatch.context() as mp:
-      mp.delenv(datasets.DIR_ENV, raising=False)  # Read Debian's files, whatever the caller set.
-      tfds.builder(datasets.EMBEDDED_DATASET, data_dir=data_dir).download_and_prepare()
-    return data_dir
-
-  return _once_per_session(tmp_path_factory, "tfds_fashion", build)
+  return _once(_session_root(tmp_path_factory), "tfds_fashion", _prepare_fashion)
 
 
 def fashion_run_config(data_dir: str, **overrides) -> RunConfig:
@@ -216,11 +264,5 @@ def fashion_run_config(data_dir: str, **overrides) -> RunConfig:
 @pytest.fixture(scope="session", name="fashion_run")
 def _fashion_run(tmp_path_factory, fashion_data_dir):
   """(workdir, summary) of zfnet_tiny trained on Fashion-MNIST; read-only for tests."""
-  def build(folder):
-    workdir = os.path.join(folder, "run")
-    summary = trainer.train_and_evaluate(fashion_run_config(fashion_data_dir), workdir)
-    assert summary["status"] == "complete"
-    return [workdir, summary]
-
-  return tuple(_once_per_session(tmp_path_factory, "fashion_run", build))
-
+  del fashion_data_dir  # Skips without the Debian files.
+  return tuple(build_shared(_session_root(tmp_path_factory))[1])

@@ -15,6 +15,8 @@ The paper's sections are the map:
     occlusion Fig. 7's occlusion maps
     analyses/ Fig. 2's top activations, Fig. 5's invariance, Table 1's correspondence
     report/   figures (PNG), tables (Markdown + JSON) and the report page of a run
+  Section 5, whole trained networks:
+    section5/ Table 3's architecture ablations (ablation)
   Shared: options (configuration fields with their help), files (atomic writes),
   chunks (fixed-size chunks, one compiled shape).
 """
