@@ -6,7 +6,7 @@ fresh process from the repository root, as README's commands do.
 `fashion_data_dir`: a fresh tfds data_dir with Debian's Fashion-MNIST prepared
 (skips without the Debian files). `fashion_run`: a workdir holding a
 `zfnet_tiny` trained on it for 600 steps (~1 min on 2 CPU cores), good
-enough (74% test accuracy) for the Section 4 analyses to show real effects,
+enough (~73% test accuracy) for the Section 4 analyses to show real effects,
 trained once per session: the first pytest-xdist worker that asks builds
 these two, the other waits for it and reuses them.
 
