@@ -135,10 +135,9 @@ def variant(cfg: RunConfig) -> str:
 
 def paper_row_of(cfg: RunConfig) -> int | None:
   """The 1-based paper row that `cfg` trains, or None for an edit the paper did not make."""
-  _, scale = split_preset(cfg.arch)
   name = variant(cfg)
   for i, row in enumerate(PAPER_TABLE3, 1):
-    if variant(dataclasses.replace(cfg, **edits(row, scale))) == name:
+    if variant(row_config(cfg, row)) == name:
       return i
   return None
 
