@@ -283,3 +283,141 @@ def test_bad_inputs_raise_one_line_errors(tmp_path):
     ip.dataset_info(ip.InputConfig(data_dir=str(tmp_path)))  # Real tfds, no manual download.
   assert_one_line(excinfo)
   assert str(tmp_path / "downloads" / "manual") in str(excinfo.value)
+
+
+# --- Record selection: classes, id lists (Section 5.2's transfer and de-duplication) ---------
+
+
+def _labels_and_ids(batches) -> tuple[list[int], list[bytes]]:
+  labels, ids = [], []
+  for b in batches:
+    keep = b["mask"] > 0
+    labels += b["label"][keep].tolist()
+    ids += b["id"][keep].tolist()
+  return labels, ids
+
+
+def test_classes_keep_only_the_chosen_labels_relabelled_in_their_order(ids):
+  cfg = ip.InputConfig(global_batch_size=2, classes=(7, 2, 5), **SMALL)
+  zeros = np.zeros((12, 12, 3), np.float32)
+  info = ip.dataset_info(cfg, process_count=1)
+  assert (info.num_classes, info.num_train) == (3, 3)
+  assert info.steps_per_epoch == 1  # 3 images, batch 2: the remainder is dropped.
+  labels, names = _labels_and_ids(ip.make_eval_iterator(cfg, split="train", mean=zeros,
+                                                        with_ids=True, process_count=1))
+  # Train labels are 0..9 in order: 2 -> 1, 5 -> 2, 7 -> 0; the other 7 images are gone.
+  assert labels == [1, 2, 0]
+  assert names == [b"train__2", b"train__5", b"train__7"]
+  for batch in ip.make_train_iterator(cfg, mean=zeros, process_count=1):
+    assert set(batch["label"].tolist()) <= {0, 1, 2}
+    break
+  assert ip.split_info(cfg, "train").class_names == tuple(
+      tfds.builder("imagenet2012").info.features["label"].names[c] for c in (7, 2, 5))
+  with pytest.raises(ValueError, match="imagenet2012 has no class 1000; its labels are 0..999"):
+    ip.dataset_info(ip.InputConfig(classes=(3, 1000), **SMALL), process_count=1)
+
+
+def test_id_lists_select_training_images_only_and_change_the_mean(ids, tmp_path):
+  keep, drop = tmp_path / "keep.txt", tmp_path / "drop.txt"
+  keep.write_text("# a fold\ntrain__1\n\ntrain__4\ntrain__8\nvalidation__0\n")
+  drop.write_text("train__4\n")
+  zeros = np.zeros((12, 12, 3), np.float32)
+  base = dict(global_batch_size=1, data_dir=str(tmp_path), **SMALL)
+  cfg = ip.InputConfig(include_ids=str(keep), exclude_ids=str(drop), **base)
+  assert ip.read_ids(str(keep)) == ["train__1", "train__4", "train__8", "validation__0"]
+  info = ip.dataset_info(cfg, process_count=1)
+  assert (info.num_train, info.num_eval) == (2, 11)  # Validation is not a training split.
+  train = ip.make_train_iterator(cfg, mean=zeros, process_count=1)
+  seen = {int(next(train)["label"][0]) for _ in range(6)}
+  assert seen == {1, 8}
+  # The mean image is that of the selected images, cached under its own name.
+  plain = ip.InputConfig(**base)
+  assert ip.mean_image_path(cfg) != ip.mean_image_path(plain)
+  selected = ip.compute_mean_image(cfg)
+  images = {label: ip.resize_center(ip.decode_rgb(tf.constant(image)), 12).numpy()
+            for image, label in ids["train"]}
+  np.testing.assert_allclose(selected, (images[1] + images[8]) / 2, atol=1e-3)
+  with pytest.raises(FileNotFoundError, match="cannot read the id file .*missing.txt"):
+    ip.dataset_info(ip.InputConfig(exclude_ids=str(tmp_path / "missing.txt"), **SMALL),
+                    process_count=1)
+
+
+def test_selected_records_split_unevenly_over_hosts_are_each_read_once(ids, tmp_path):
+  keep = tmp_path / "keep.txt"
+  keep.write_text("\n".join(f"train__{i}" for i in (0, 1, 2, 3, 9)))  # Host 1 holds only 9.
+  cfg = ip.InputConfig(global_batch_size=2, include_ids=str(keep), **SMALL)
+  info = ip.dataset_info(cfg, process_count=2)
+  assert info.steps_per_epoch == 1  # Host 1 has one image: one step of 1 per host per epoch.
+  zeros = np.zeros((12, 12, 3), np.float32)
+  firsts = [next(ip.make_train_iterator(cfg, mean=zeros, process_index=p, process_count=2))
+            for p in range(2)]
+  assert firsts[1]["label"].tolist() == [9]
+  evcfg = ip.InputConfig(global_batch_size=4, classes=tuple(range(100, 111)) + (0,), **SMALL)
+  # Validation holds classes 100..110: host 0 reads 6 of them, host 1 reads 5.
+  got = []
+  for p in range(2):
+    got += _labels_and_ids(ip.make_eval_iterator(evcfg, mean=zeros, with_ids=True,
+                                                 process_index=p, process_count=2))[0]
+  assert sorted(got) == list(range(11))
+
+
+def test_an_image_folder_is_a_dataset_with_relative_ids(tmp_path):
+  rng = np.random.default_rng(3)
+  for name in ("zebra", "ant"):
+    (tmp_path / "all" / name).mkdir(parents=True)
+    for i in range(3):
+      (tmp_path / "all" / name / f"{i}.png").write_bytes(png(random_image(rng, 9 + i, 14)))
+  cfg = ip.InputConfig(dataset=f"folder:{tmp_path}", global_batch_size=2, eval_split="all",
+                       **SMALL)
+  info = ip.split_info(cfg)
+  assert (info.split, info.num_examples, info.class_names) == ("all", 6, ("ant", "zebra"))
+  zeros = np.zeros((12, 12, 3), np.float32)
+  got = []
+  for p in range(2):
+    labels, names = _labels_and_ids(ip.make_eval_iterator(cfg, mean=zeros, with_ids=True,
+                                                          process_index=p, process_count=2))
+    got += list(zip(names, labels))
+  assert sorted(got) == [(f"all/{n}/{i}.png".encode(), c)
+                         for c, n in enumerate(("ant", "zebra")) for i in range(3)]
+  thumbs = list(ip.thumbnails(cfg, "all", size=4, batch_size=4))
+  assert sorted(i for t in thumbs for i in t["id"]) == sorted(n.decode() for n, _ in got)
+  assert thumbs[0]["thumb"].shape == (4, 4, 4)
+  with pytest.raises(FileNotFoundError, match="image folder .*nowhere does not exist"):
+    ip.split_info(ip.InputConfig(dataset=f"folder:{tmp_path / 'nowhere'}", **SMALL))
+
+
+def fake_voc(examples: list[tuple[bytes, list[int], list[int]]]):
+  """Serves (encoded image, labels, labels_no_difficult) as every split of `voc/2012`.
+
+  (tfds' random mock data cannot make voc's nested `objects` sequences.)
+  """
+  def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
+    del self, split, decoders, read_config, shuffle_files
+
+    def gen():
+      for image, labels, easy in examples:
+        yield {"image": image, "labels": np.array(labels, np.int64),
+               "labels_no_difficult": np.array(easy, np.int64)}
+
+    return tf.data.Dataset.from_generator(gen, output_signature={
+        "image": tf.TensorSpec([], tf.string), "labels": tf.TensorSpec([None], tf.int64),
+        "labels_no_difficult": tf.TensorSpec([None], tf.int64)})
+
+  return tfds.testing.mock_data(as_dataset_fn=as_dataset)
+
+
+def test_multi_label_voc_targets_mark_present_difficult_and_absent_classes():
+  rng = np.random.default_rng(5)
+  rows = [([3, 3, 7], [3]), ([0], [0]), ([], []), ([19, 2], [2, 19])]  # Objects' classes.
+  examples = [(png(random_image(rng, 10, 13)), every, easy) for every, easy in rows]
+  cfg = ip.InputConfig(dataset="voc/2012", global_batch_size=4, **SMALL)
+  with fake_voc(examples):
+    info = ip.dataset_info(cfg, process_count=1)
+    (batch,) = list(ip.make_eval_iterator(cfg, mean=np.zeros((12, 12, 3), np.float32),
+                                          process_count=1))
+  assert info.multi_label and info.num_classes == 20
+  want = np.zeros((4, 20), np.int32)
+  want[0, 3], want[0, 7] = 1, -1  # Class 7 appears only as a difficult object: ignored.
+  want[1, 0] = want[3, 2] = want[3, 19] = 1
+  np.testing.assert_array_equal(batch["label"], want)
+  assert batch["mask"].tolist() == [1, 1, 1, 1]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import hashlib
 import os
 import re
 
@@ -49,6 +50,7 @@ _hide_gpus_from_tensorflow()
 TRAIN_CROPS = ("ten", "random", "center")
 EVAL_CROPS = ("center", "ten")
 _MEAN_DIR = "zf_jax_mean"
+FOLDER_PREFIX = "folder:"  # --dataset=folder:<root>: <root>/<split>/<class>/<image> (ImageFolder)
 _IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
@@ -67,9 +69,17 @@ class InputConfig:
   seed: int = 0
   shuffle_buffer: int = 10_000
   mean_max_examples: int | None = None
+  # Which records: `classes` keeps these labels only, relabelled 0..k-1 in this order (every
+  # split); `include_ids` / `exclude_ids` are files of record ids (`read_ids`) that the
+  # training split keeps only / drops (Section 5.2's de-duplicated ImageNet, a fold's images).
+  classes: tuple[int, ...] = ()
+  include_ids: str | None = None
+  exclude_ids: str | None = None
 
   def __post_init__(self):
     _check_choice("train_crops", self.train_crops, TRAIN_CROPS)
+    if len(set(self.classes)) != len(self.classes) or any(c < 0 for c in self.classes):
+      raise ValueError(f"classes must be distinct labels >= 0, got {list(self.classes)}")
     if not 0 < self.image_size <= self.resize_size:
       raise ValueError(f"need 0 < image_size <= resize_size, got image_size={self.image_size}, "
                        f"resize_size={self.resize_size}")
@@ -86,6 +96,7 @@ class DatasetInfo:
   num_eval: int
   eval_split: str
   steps_per_epoch: int  # num_train // global_batch_size: the remainder is dropped.
+  multi_label: bool = False  # Labels are (C,) vectors of 1 / 0 / -1 (difficult), e.g. voc/2012.
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -135,23 +146,90 @@ def _prepare_error(builder, cfg: InputConfig, err: Exception) -> Exception:
                  f"({type(err).__name__}: {cause}); prepare it with tfds first")
 
 
+def _folder_builder(cfg: InputConfig):
+  """tfds' ImageFolder over <root>/<split>/<class>/<image> (e.g. Caltech-256)."""
+  root = os.path.expanduser(cfg.dataset[len(FOLDER_PREFIX):])
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"image folder {root} does not exist (--dataset=folder:<root> reads "
+                            "<root>/<split>/<class>/<image files>)")
+  builder = tfds.ImageFolder(root)
+  if not builder.info.splits:
+    raise ValueError(f"image folder {root} has no <split>/<class>/<image> files (e.g. "
+                     f"{root}/all/cat/1.jpg); see BUILD.md for Caltech-256")
+  return builder
+
+
+def _is_folder(builder) -> bool:
+  return isinstance(builder, tfds.ImageFolder)
+
+
+def _label_feature(builder, dataset: str):
+  """("label", ClassLabel) of a classification dataset, or ("labels", ClassLabel) of a
+  multi-label one (a Sequence of labels per image, e.g. voc/2012's)."""
+  features = builder.info.features
+  if "image" in features:
+    if "label" in features and isinstance(features["label"], tfds.features.ClassLabel):
+      return "label", features["label"]
+    labels = features["labels"] if "labels" in features else None
+    if isinstance(labels, tfds.features.Sequence) and isinstance(labels.feature,
+                                                                 tfds.features.ClassLabel):
+      return "labels", labels.feature
+  raise ValueError(f"{dataset} is not an image classification dataset: it needs features "
+                   f"'image' and 'label' (or a sequence 'labels'), it has {list(features)}")
+
+
 def _builder(cfg: InputConfig):
   """The tfds builder of `cfg.dataset`, prepared (downloaded) if it is not yet."""
+  if cfg.dataset.startswith(FOLDER_PREFIX):
+    return _folder_builder(cfg)
   try:
     builder = tfds.builder(cfg.dataset, data_dir=cfg.data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise ValueError(f"unknown tfds dataset {cfg.dataset!r}: use a name from "
-                     "tfds.list_builders(), e.g. imagenet2012, caltech101, fashion_mnist") from None
-  features = builder.info.features
-  if "image" not in features or "label" not in features:
-    raise ValueError(f"{cfg.dataset} is not an image classification dataset: it needs features "
-                     f"'image' and 'label', it has {list(features)}")
+                     "tfds.list_builders(), e.g. imagenet2012, caltech101, fashion_mnist, or "
+                     "folder:<root> for a folder of images") from None
+  _label_feature(builder, cfg.dataset)
   if not builder.is_prepared():
     try:
       builder.download_and_prepare()
     except Exception as e:  # pylint: disable=broad-except  # tfds raises many kinds.
       raise _prepare_error(builder, cfg, e) from e
   return builder
+
+
+def _classes(builder, cfg: InputConfig) -> tuple[int, tuple[str, ...] | None]:
+  """(number of classes, their names or None) after `cfg.classes`' selection."""
+  _, label = _label_feature(builder, cfg.dataset)
+  names = tuple(label.names) if getattr(label, "names", None) else None
+  if not cfg.classes:
+    return label.num_classes, names
+  bad = [c for c in cfg.classes if c >= label.num_classes]
+  if bad:
+    raise ValueError(f"classes: {cfg.dataset} has no class {bad[0]}; its labels are "
+                     f"0..{label.num_classes - 1}")
+  return len(cfg.classes), tuple(names[c] for c in cfg.classes) if names else None
+
+
+def read_ids(path: str) -> list[str]:
+  """The record ids listed in `path`: one per line; blank lines and `#` comments skipped."""
+  try:
+    with open(os.path.expanduser(path), encoding="utf-8") as f:
+      lines = [line.strip() for line in f]
+  except OSError as e:
+    raise FileNotFoundError(f"cannot read the id file {path}: {e.strerror or e}") from None
+  return [line for line in lines if line and not line.startswith("#")]
+
+
+def _id_filter_suffix(cfg: InputConfig) -> str:
+  """A short tag of the record selection, for file names (the mean image cache)."""
+  parts = []
+  if cfg.classes:
+    parts.append("c" + "_".join(map(str, cfg.classes)))
+  for tag, path in (("in", cfg.include_ids), ("ex", cfg.exclude_ids)):
+    if path:
+      ids = "\n".join(sorted(read_ids(path))).encode()
+      parts.append(tag + hashlib.sha1(ids).hexdigest()[:10])
+  return "-".join(parts)
 
 
 def _decoders(builder):
@@ -168,18 +246,78 @@ def _options() -> tf.data.Options:
   return options
 
 
-def _read(builder, split, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
-  """This host's even share of `split` as {"image", "label"}, in file order.
+def _read(builder, split, process_index: int = 0, process_count: int = 1,
+          cfg: InputConfig | None = None, *, training: bool = False) -> tf.data.Dataset:
+  """This host's even share of `split` as {"image", "label", "id"}, in file order.
+
+  "id" is the record's stable name: tfds' `tfds_id`, or for an image folder the
+  file's path below the folder. "label" is the class (int64), or for a
+  multi-label dataset (voc/2012) a (C,) int32 vector: 1 for a class present,
+  -1 for one present only as "difficult" objects (ignored by VOC's scoring),
+  0 otherwise. With `cfg`, its record selection applies: `classes` to every
+  split, `include_ids` / `exclude_ids` when `training` (the training split).
 
   No tfds auto-cache: the analyses stop reading early (a few examples of a
   split), which makes a cached dataset print a C++ warning that no log level
   silences; reading small datasets again is cheap next to the model.
   """
-  host_split = tfds.split_for_jax_process(split, process_index=process_index,
-                                          process_count=process_count)
-  ds = builder.as_dataset(split=host_split, shuffle_files=False, decoders=_decoders(builder),
-                          read_config=tfds.ReadConfig(options=_options(), try_autocache=False))
-  return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+  if _is_folder(builder):  # ImageFolder knows no sub-splits: shard the records instead.
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=_decoders(builder))
+    ds = ds.shard(process_count, process_index) if process_count > 1 else ds
+    prefix = "^" + re.escape(str(builder.data_dir).rstrip("/") + "/")
+    record_id = lambda ex: tf.strings.regex_replace(ex["image/filename"], prefix, "")
+  else:
+    host_split = tfds.split_for_jax_process(split, process_index=process_index,
+                                            process_count=process_count)
+    ds = builder.as_dataset(split=host_split, shuffle_files=False, decoders=_decoders(builder),
+                            read_config=tfds.ReadConfig(options=_options(), try_autocache=False,
+                                                        add_tfds_id=True))
+    if "tfds_id" not in ds.element_spec:  # tfds' mock data: name records by position.
+      offset = sum(_count(builder.as_dataset(
+          split=tfds.split_for_jax_process(split, process_index=p, process_count=process_count),
+          shuffle_files=False, decoders=_decoders(builder))) for p in range(process_index))
+      ds = ds.enumerate(offset).map(lambda i, ex: {**ex, "tfds_id": tf.strings.join(
+          [f"{split}__", tf.strings.as_string(i)])})
+    record_id = lambda ex: ex["tfds_id"]
+  key, label = _label_feature(builder, builder.name)
+  if key == "labels":
+    num_classes = label.num_classes
+
+    def targets(ex):
+      present = lambda ids: tf.minimum(tf.reduce_sum(tf.one_hot(ids, num_classes, dtype=tf.int32),
+                                                     axis=0), 1)
+      every = present(ex["labels"])
+      easy = present(ex["labels_no_difficult"]) if "labels_no_difficult" in ex else every
+      return easy + (easy - 1) * every  # 1: present; -1: only difficult objects; 0: absent.
+  else:
+    targets = lambda ex: ex["label"]
+  ds = ds.map(lambda ex: {"image": ex["image"], "label": targets(ex), "id": record_id(ex)})
+  return _select(ds, cfg, training) if cfg is not None else ds
+
+
+def _lookup(keys, values, default):
+  return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default)
+
+
+def _select(ds: tf.data.Dataset, cfg: InputConfig, training: bool) -> tf.data.Dataset:
+  """`cfg`'s record selection (see `_read`)."""
+  if cfg.classes:
+    relabel = _lookup(tf.constant(cfg.classes, tf.int64),
+                      tf.range(len(cfg.classes), dtype=tf.int64), tf.constant(-1, tf.int64))
+    ds = ds.map(lambda ex: {**ex, "label": relabel.lookup(tf.cast(ex["label"], tf.int64))})
+    ds = ds.filter(lambda ex: ex["label"] >= 0)
+  if training:
+    for path, keep in ((cfg.include_ids, 1), (cfg.exclude_ids, 0)):
+      if path:
+        ids = read_ids(path) or ["\0"]  # An empty table cannot be built; no id is "\0".
+        table = _lookup(tf.constant(ids), tf.ones([len(ids)], tf.int32), tf.constant(0))
+        ds = ds.filter(lambda ex, table=table, keep=keep: table.lookup(ex["id"]) == keep)
+  return ds
+
+
+def _selective(cfg: InputConfig) -> bool:
+  """Whether `cfg` selects records, so that counts need a pass over the data."""
+  return bool(cfg.classes or cfg.include_ids or cfg.exclude_ids)
 
 
 def _count(ds: tf.data.Dataset) -> int:
@@ -199,15 +337,35 @@ def _resolve_eval_split(builder, cfg: InputConfig, split: str | None) -> str:
                    f"(it has {list(splits)}); set InputConfig.eval_split")
 
 
-def dataset_info(cfg: InputConfig) -> DatasetInfo:
-  """Class count, split sizes and steps per epoch of `cfg.dataset`."""
+def _host_counts(builder, cfg: InputConfig, split: str, process_count: int,
+                 training: bool) -> list[int]:
+  """Records of `split` each host reads (tfds' even split, or uneven after a selection)."""
+  if not _selective(cfg) or process_count == 1:
+    n = _count(_read(builder, split, cfg=cfg, training=training))
+    return [n // process_count + (p < n % process_count) for p in range(process_count)]
+  return [_count(_read(builder, split, p, process_count, cfg, training=training))
+          for p in range(process_count)]
+
+
+def _steps_per_epoch(builder, cfg: InputConfig, process_count: int) -> tuple[int, int]:
+  """(training records in all, steps per epoch): every host has a full share of each step."""
+  counts = _host_counts(builder, cfg, cfg.train_split, process_count, training=True)
+  local = cfg.global_batch_size // process_count
+  return sum(counts), min(sum(counts) // cfg.global_batch_size, min(counts) // local)
+
+
+def dataset_info(cfg: InputConfig, process_count: int | None = None) -> DatasetInfo:
+  """Class count, split sizes and steps per epoch of `cfg.dataset` (after `cfg`'s selection)."""
+  _, process_count = _processes(0, process_count)
+  _local_batch_size(cfg.global_batch_size, process_count)
   builder = _builder(cfg)
   eval_split = _resolve_eval_split(builder, cfg, None)
-  num_train = _count(_read(builder, cfg.train_split))
-  num_eval = _count(_read(builder, eval_split))
-  return DatasetInfo(num_classes=builder.info.features["label"].num_classes,
-                     num_train=num_train, num_eval=num_eval, eval_split=eval_split,
-                     steps_per_epoch=num_train // cfg.global_batch_size)
+  num_train, steps = _steps_per_epoch(builder, cfg, process_count)
+  num_eval = _count(_read(builder, eval_split, cfg=cfg))
+  key, _ = _label_feature(builder, cfg.dataset)
+  return DatasetInfo(num_classes=_classes(builder, cfg)[0], num_train=num_train,
+                     num_eval=num_eval, eval_split=eval_split, steps_per_epoch=steps,
+                     multi_label=key == "labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,11 +393,10 @@ def split_info(cfg: InputConfig, split: str | None = None) -> SplitInfo:
   base = re.split(r"[\[+]", split)[0]
   if known and base not in known:
     raise ValueError(f"{cfg.dataset} has no split {split!r}; it has {', '.join(known)}")
-  label = builder.info.features["label"]
-  names = tuple(label.names) if getattr(label, "names", None) else None
+  _, names = _classes(builder, cfg)
   shape = getattr(builder.info.features["image"], "shape", None)
-  return SplitInfo(split=split, num_examples=_count(_read(builder, split)), class_names=names,
-                   grayscale=bool(shape) and shape[-1] == 1)
+  return SplitInfo(split=split, num_examples=_count(_read(builder, split, cfg=cfg)),
+                   class_names=names, grayscale=bool(shape) and shape[-1] == 1)
 
 
 def decode_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -367,6 +524,8 @@ def mean_image_path(cfg: InputConfig, split: str | None = None,
   split = split or cfg.train_split
   max_examples = cfg.mean_max_examples if max_examples is None else max_examples
   name = f"{cfg.dataset}-{split}-{cfg.resize_size}" + (f"-n{max_examples}" if max_examples else "")
+  if _selective(cfg):  # Another selection of records has another mean.
+    name += "-" + _id_filter_suffix(cfg)
   return os.path.join(_data_dir_root(cfg), _MEAN_DIR, re.sub(r"[^\w.-]+", "_", name) + ".npy")
 
 
@@ -380,7 +539,7 @@ def compute_mean_image(cfg: InputConfig, *, split: str | None = None,
   split = split or cfg.train_split
   max_examples = cfg.mean_max_examples if max_examples is None else max_examples
   builder = _builder(cfg)
-  ds = _read(builder, split)
+  ds = _read(builder, split, cfg=cfg, training=split == cfg.train_split)
   if max_examples:
     ds = ds.take(max_examples)
   expected = _count(ds)
@@ -506,8 +665,9 @@ def make_train_iterator(cfg: InputConfig, *, start_step: int = 0,
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}")
   builder = _builder(cfg)
-  records = _read(builder, cfg.train_split, process_index, process_count)
-  steps_per_epoch = _count(_read(builder, cfg.train_split)) // cfg.global_batch_size
+  records = _read(builder, cfg.train_split, process_index, process_count, cfg, training=True)
+  records = records.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+  _, steps_per_epoch = _steps_per_epoch(builder, cfg, process_count)
   if not steps_per_epoch:
     raise ValueError(f"{cfg.dataset}:{cfg.train_split} has fewer examples than "
                      f"global_batch_size={cfg.global_batch_size}")
@@ -530,45 +690,71 @@ def make_train_iterator(cfg: InputConfig, *, start_step: int = 0,
   return Batches(ds.ignore_errors(log_warning=True), batch_size, first=start_step * batch_size)
 
 
-def _eval_batch_count(num_examples: int, batch_size: int, process_count: int) -> int:
-  # tfds.even_splits gives the first hosts one more example: the largest share decides.
-  return -(-(-(-num_examples // process_count)) // batch_size)
+def _eval_batch_count(builder, cfg: InputConfig, split: str, process_count: int) -> int:
+  # The largest host share decides (tfds.even_splits gives the first hosts one more example).
+  batch_size = _local_batch_size(cfg.global_batch_size, process_count)
+  return -(-max(_host_counts(builder, cfg, split, process_count, training=False)) // batch_size)
 
 
 def num_eval_batches(cfg: InputConfig, split: str | None = None, *,
                      process_count: int | None = None) -> int:
   """Batches that every host's eval iterator yields for `split`."""
   _, process_count = _processes(0, process_count)
-  batch_size = _local_batch_size(cfg.global_batch_size, process_count)
   builder = _builder(cfg)
   split = _resolve_eval_split(builder, cfg, split)
-  return _eval_batch_count(_count(_read(builder, split)), batch_size,
-                           process_count)
+  return _eval_batch_count(builder, cfg, split, process_count)
 
 
 def make_eval_iterator(cfg: InputConfig, *, crops: str = "center", split: str | None = None,
                        process_index: int | None = None, process_count: int | None = None,
-                       mean: np.ndarray | None = None) -> Batches:
+                       mean: np.ndarray | None = None, with_ids: bool = False) -> Batches:
   """One pass of padded host batches {"image", "label", "mask": f32 (b,)} over `split`.
 
   "image" is (b, H, W, 3) for crops="center" and (b, 10, H, W, 3) for crops="ten"
   (order of `ten_crops`). Every host yields `num_eval_batches` batches; mask is
   1 exactly once for each decodable example of the split, 0 for padding.
+  `with_ids`: also "id", the records' ids as bytes (an object array; padding rows are masked).
   """
   _check_choice("crops", crops, EVAL_CROPS)
   process_index, process_count = _processes(process_index, process_count)
   batch_size = _local_batch_size(cfg.global_batch_size, process_count)
   builder = _builder(cfg)
   split = _resolve_eval_split(builder, cfg, split)
-  num_batches = _eval_batch_count(_count(_read(builder, split)), batch_size,
-                                  process_count)
-  records = _read(builder, split, process_index, process_count)
+  num_batches = _eval_batch_count(builder, cfg, split, process_count)
+  records = _read(builder, split, process_index, process_count, cfg)
   num_real = _count(records)
   if num_real > num_batches * batch_size:
     raise RuntimeError(f"host {process_index} got {num_real} examples of {split}, more than "
                        f"{num_batches} x {batch_size}: the split was not divided evenly")
   mean = _mean_or_default(cfg, mean)
   ds = records.enumerate().map(lambda i, ex: {**ex, "_pos": i})
-  ds = ds.map(_eval_preprocess(cfg, mean, crops), num_parallel_calls=tf.data.AUTOTUNE)
+  preprocess = _eval_preprocess(cfg, mean, crops)
+  ds = ds.map(lambda ex: {**preprocess(ex), **({"id": ex["id"]} if with_ids else {})},
+              num_parallel_calls=tf.data.AUTOTUNE)
   return Batches(ds.ignore_errors(log_warning=True), batch_size, num_batches=num_batches,
-                  num_real=num_real)
+                 num_real=num_real)
+
+
+def thumbnails(cfg: InputConfig, split: str, *, size: int = 32,
+               batch_size: int = 512) -> collections.abc.Iterator[dict]:
+  """Small grey copies of every decodable image of `split`, in file order (de-duplication).
+
+  Yields host batches {"id": str (b,), "label": int64 (b,) (multi-label
+  datasets: (b, C)), "thumb": float32 (b, size, size)}: the whole image
+  squashed to size x size (bilinear, antialiased), the mean of its RGB
+  channels, 0..255 units. `cfg.classes` applies; the training-split id lists do not.
+  """
+  if size < 2 or batch_size < 1:
+    raise ValueError(f"thumbnails need size >= 2 and batch_size >= 1, got {size}, {batch_size}")
+  builder = _builder(cfg)
+
+  def thumb(ex):
+    image = tf.image.resize(tf.cast(decode_rgb(ex["image"]), tf.float32), [size, size],
+                            method="bilinear", antialias=True)
+    return {"id": ex["id"], "label": ex["label"], "thumb": tf.reduce_mean(image, axis=-1)}
+
+  ds = _read(builder, split, cfg=cfg).map(thumb, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.ignore_errors(log_warning=True).batch(batch_size).with_options(_options())
+  for batch in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+    yield {"id": np.array([i.decode() for i in batch["id"]]), "label": batch["label"],
+           "thumb": batch["thumb"]}

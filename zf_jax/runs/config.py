@@ -47,6 +47,17 @@ class RunConfig:
       (), "Table 3: maps of conv layers 3, 4, 5 (e.g. 512,1024,512; default: --arch's).")
   dataset: str = option("imagenet2012", "tfds image classification dataset name.")
   data_dir: str | None = option(None, "tfds data_dir (default: tfds' own).")
+  train_split: str = option("train", "Split to train on (tfds split syntax, e.g. train+test).")
+  eval_split: str | None = option(
+      None, "Split to validate on (default: validation, or test if there is none).")
+  classes: tuple[int, ...] = option(
+      (), "Train and evaluate on these classes only, relabelled 0..k-1 in this order, e.g. "
+      "0,1,2,3,4: the classes a transfer experiment pretrains on.")
+  include_ids: str | None = option(
+      None, "File of record ids, one per line: train on these images only, e.g. a fold's.")
+  exclude_ids: str | None = option(
+      None, "File of record ids, one per line, left out of training: e.g. the images that "
+      "experiments.dedup found in a transfer dataset, Section 5.2.")
   resize_size: int | None = option(
       None, "Smaller side before cropping (default: 256/224 of the arch's input, Section 3).")
   train_crops: str = option("ten", "ten: the paper's 10 fixed crops; random: random crops and "

@@ -275,6 +275,9 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
   arch = cfg.network()
   icfg = input_config(cfg, arch.image_size, batch)
   info = input_pipeline.dataset_info(icfg)
+  if info.multi_label:
+    raise ValueError(f"{cfg.dataset} labels each image with several classes; training needs "
+                     "one label per image (transfer to it: python -m experiments.transfer)")
   arch = cfg.network(info.num_classes)
   total = cfg.num_steps if cfg.num_steps is not None else math.ceil(
       cfg.num_epochs * info.steps_per_epoch)

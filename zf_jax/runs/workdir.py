@@ -86,9 +86,11 @@ def input_config(cfg: RunConfig, image_size: int, batch_size: int) -> input_pipe
   """The input pipeline a run with `cfg` reads (Section 3: resize to 256/224 of the input)."""
   resize = cfg.resize_size or round(image_size * 256 / 224)
   return input_pipeline.InputConfig(
-      dataset=cfg.dataset, data_dir=cfg.data_dir, image_size=image_size, resize_size=resize,
+      dataset=cfg.dataset, data_dir=cfg.data_dir, train_split=cfg.train_split,
+      eval_split=cfg.eval_split, image_size=image_size, resize_size=resize,
       global_batch_size=batch_size, train_crops=cfg.train_crops, seed=cfg.seed,
-      shuffle_buffer=cfg.shuffle_buffer, mean_max_examples=cfg.mean_max_examples)
+      shuffle_buffer=cfg.shuffle_buffer, mean_max_examples=cfg.mean_max_examples,
+      classes=cfg.classes, include_ids=cfg.include_ids, exclude_ids=cfg.exclude_ids)
 
 
 def make_mesh() -> jax.sharding.Mesh:
