@@ -1,0 +1,260 @@
+r"""Section 5.2: the ImageNet training images that are also in Caltech, to leave out of training.
+
+"Using normalized correlation, we identified these few 'overlap' images and
+removed them from our Imagenet training set and then retrained our Imagenet
+models" (footnote: Caltech-101, 44 images in common out of 9,144, at most 10
+in one class; Caltech-256, 243 of 30,607, at most 18).
+
+  python -m experiments.dedup --source=imagenet2012:train \
+      --target=caltech101:train+test --workdir=runs/dedup --data_dir=~/tensorflow_datasets
+
+  python -m experiments.dedup --source=imagenet2012:train \
+      --target=folder:~/data/caltech256:all --workdir=runs/dedup256
+
+--source and --target are DATASET:SPLIT: a tfds name or folder:<root> (an
+image folder <root>/<split>/<class>/<image>), and any tfds split
+("train", "train+test", "train[:10%]"). Every image becomes a --size px grey
+thumbnail (`input_pipeline.thumbnails`); the target's are held on the
+device and the source's streamed past them (`zf_jax.section5.dedup`). A
+source image is a duplicate of a target image when their thumbnails'
+normalised correlation is >= --threshold.
+
+Writes, under --workdir, only once the whole source has been read:
+  duplicates.json    every match (source id, target id, target class,
+                     correlation), the counts, the targets that came closest
+                     below the threshold;
+  exclude_ids.txt    the matched source ids, one per line after a `#` comment
+                     line: train on the rest with --exclude_ids=<this file>;
+  tables/dedup.{md,json}  images in common, out of how many, the most in one
+                     class, beside the paper's footnote (Caltech-101 and
+                     Caltech-256 only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+
+import numpy as np
+from absl import flags
+
+from experiments import cli
+from zf_jax.data import input_pipeline
+from zf_jax.files import atomic_write
+from zf_jax.report import tables
+from zf_jax.section5 import dedup
+
+flags.DEFINE_string("source", None, "DATASET:SPLIT searched for copies, e.g. imagenet2012:train "
+                    "(its matched ids go to exclude_ids.txt).", required=True)
+flags.DEFINE_string("target", None, "DATASET:SPLIT whose images are looked for, e.g. "
+                    "caltech101:train+test or folder:<root>:<split>.", required=True)
+flags.DEFINE_string("workdir", None, "Folder for duplicates.json, exclude_ids.txt and "
+                    "tables/dedup.{md,json}.", required=True)
+flags.DEFINE_string("data_dir", None, "tfds data_dir (default: tfds' own).")
+flags.DEFINE_float("threshold", dedup.DEFAULT_THRESHOLD, "Least normalised correlation of a "
+                   "duplicate, in (0, 1] (see zf_jax/section5/dedup.py for how it was chosen).")
+flags.DEFINE_integer("size", dedup.DEFAULT_SIZE, "Thumbnail side in pixels (>= 2).")
+flags.DEFINE_integer("chunk_size", dedup.DEFAULT_CHUNK, "Source thumbnails per matrix product.")
+flags.DEFINE_integer("k", dedup.DEFAULT_K, "Nearest sources kept per target.")
+flags.DEFINE_integer("batch_size", 512, "Thumbnails per batch read from the input pipeline.")
+
+FLAGS = flags.FLAGS
+PROGRESS_SECONDS = 5.0
+NEAR_MISSES = 100  # Targets listed in duplicates.json whose best source is just below.
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """A checked command line."""
+
+  source: tuple[str, str]  # (dataset, split)
+  target: tuple[str, str]
+  threshold: float
+  size: int
+  chunk_size: int
+  k: int
+  batch_size: int
+
+
+def parse_spec(name: str, spec: str) -> tuple[str, str]:
+  """"DATASET:SPLIT" -> (dataset, split), split at the last ':' outside [...] (so
+  "folder:/data/c256:all" and "caltech101:train[:50%]" both work)."""
+  depth, cut = 0, -1
+  for i, ch in enumerate(spec):
+    depth += {"[": 1, "]": -1}.get(ch, 0)
+    if ch == ":" and depth == 0:
+      cut = i
+  dataset, split = spec[:cut].strip(), spec[cut + 1:].strip()
+  if cut < 0 or not dataset or not split:
+    raise ValueError(f"--{name}={spec}: give DATASET:SPLIT, e.g. imagenet2012:train, "
+                     "caltech101:train+test or folder:<root>:<split>")
+  if dataset == input_pipeline.FOLDER_PREFIX.rstrip(":"):
+    raise ValueError(f"--{name}={spec}: an image folder is folder:<root>:<split>")
+  return dataset, split
+
+
+def request(source: str, target: str, threshold: float, size: int = dedup.DEFAULT_SIZE,
+            chunk_size: int = dedup.DEFAULT_CHUNK, k: int = dedup.DEFAULT_K,
+            batch_size: int = 512) -> Request:
+  """The flags, checked without reading any data; a one-line ValueError for a bad one."""
+  src, tgt = parse_spec("source", source), parse_spec("target", target)
+  if not 0 < threshold <= 1:
+    raise ValueError(f"--threshold={threshold}: a correlation threshold must be in (0, 1]")
+  if size < 2:
+    raise ValueError(f"--size={size}: thumbnails need at least 2 x 2 pixels")
+  if chunk_size < 1:
+    raise ValueError(f"--chunk_size={chunk_size}: must be positive")
+  if not 1 <= k <= chunk_size:
+    raise ValueError(f"--k={k}: must be in 1..--chunk_size ({chunk_size})")
+  if batch_size < 1:
+    raise ValueError(f"--batch_size={batch_size}: must be positive")
+  return Request(src, tgt, float(threshold), size, chunk_size, k, batch_size)
+
+
+def _spec(part: tuple[str, str]) -> str:
+  return f"{part[0]}:{part[1]}"
+
+
+def _classes_of(labels: np.ndarray) -> list[tuple[int, ...]]:
+  """Per image, its classes: the label, or those present in a multi-label vector."""
+  if labels.ndim == 1:
+    return [(int(l),) for l in labels]
+  return [tuple(np.flatnonzero(row).tolist()) for row in labels]
+
+
+class Progress:
+  """Prints "images done / total, rate" at most every PROGRESS_SECONDS."""
+
+  def __init__(self, what: str, total: int):
+    self.what, self.total = what, total
+    self.start = self.last = time.monotonic()
+
+  def __call__(self, done: int, final: bool = False) -> None:
+    now = time.monotonic()
+    if not final and now - self.last < PROGRESS_SECONDS:
+      return
+    self.last = now
+    rate = done / max(now - self.start, 1e-9)
+    left = (f", {(self.total - done) / rate / 60:.1f} min left"
+            if not final and rate > 0 and self.total > done else "")
+    pct = f" ({100 * done / self.total:.0f}%)" if self.total else ""
+    print(f"{self.what}: {done:,}/{self.total:,} images{pct}, {rate:,.0f} img/s{left}",
+          flush=True)
+
+
+def _read_target(cfg, split: str, req: Request, total: int):
+  ids, labels, thumbs = [], [], []
+  progress = Progress(f"target {cfg.dataset}:{split}", total)
+  for batch in input_pipeline.thumbnails(cfg, split, size=req.size, batch_size=req.batch_size):
+    ids.extend(batch["id"].tolist())
+    labels.append(batch["label"])
+    thumbs.append(batch["thumb"])
+    progress(len(ids))
+  progress(len(ids), final=True)
+  if not ids:
+    raise ValueError(f"--target={cfg.dataset}:{split} has no decodable images")
+  return ids, np.concatenate(labels), np.concatenate(thumbs)
+
+
+def _finite(x: float) -> float | None:
+  return round(float(x), 6) if np.isfinite(x) else None
+
+
+def table(req: Request, counts: dict, paper: dict | None) -> tuple[str, dict]:
+  """tables/dedup.{md,json}: ours beside the paper's footnote."""
+  title = (f"Section 5.2: images of {_spec(req.target)} also in {_spec(req.source)} "
+           f"(normalised correlation of {req.size} px grey thumbnails >= {req.threshold:g})")
+  header = ["", "Images in common", "Target images", "Max overlap for a class",
+            "Source images removed"]
+  classes = ", ".join(counts["max_overlap_classes"][:5])
+  rows = [["ours", f"{counts['images_in_common']:,}", f"{counts['total_target_images']:,}",
+           f"{counts['max_overlap_per_class']}" + (f" ({classes})" if classes else ""),
+           f"{counts['source_images_removed']:,}"]]
+  if paper:
+    rows.append([f"paper ({paper['dataset']})", f"{paper['common']:,}", f"{paper['total']:,}",
+                 f"{paper['max_per_class']}", "-"])
+  bands = [[f">= {b}", f"{n:,}"] for b, n in zip(dedup.BANDS, counts["nearest_bands"].values())]
+  lines = [f"# {title}", "",
+           *tables.markdown_table(header, rows, align="lrrrr"), ""]
+  if not paper:
+    lines += ["paper: — (its footnote counts Caltech-101 and Caltech-256 only)", ""]
+  lines += [f"{counts['source_images_searched']:,} source images searched; "
+            f"{counts['pairs']:,} (source, target) pairs at or above the threshold.", "",
+            "Target images by the correlation of their nearest source image:", "",
+            *tables.markdown_table(["Nearest correlation", "Target images"], bands)]
+  obj = {"title": title, "source": _spec(req.source), "target": _spec(req.target),
+         "threshold": req.threshold, "size": req.size,
+         "ours": {k: counts[k] for k in ("images_in_common", "total_target_images",
+                                         "max_overlap_per_class", "max_overlap_classes",
+                                         "source_images_removed", "source_images_searched",
+                                         "pairs", "nearest_bands")},
+         "paper": ({"dataset": paper["dataset"], "images_in_common": paper["common"],
+                    "total_target_images": paper["total"],
+                    "max_overlap_per_class": paper["max_per_class"]} if paper else None)}
+  return "\n".join(lines) + "\n", obj
+
+
+def main(_):
+  req = request(FLAGS.source, FLAGS.target, FLAGS.threshold, FLAGS.size, FLAGS.chunk_size,
+                FLAGS.k, FLAGS.batch_size)
+  src_cfg = input_pipeline.InputConfig(dataset=req.source[0], data_dir=FLAGS.data_dir)
+  tgt_cfg = input_pipeline.InputConfig(dataset=req.target[0], data_dir=FLAGS.data_dir)
+  # Both datasets and splits exist before anything is read or written.
+  tgt_info = input_pipeline.split_info(tgt_cfg, req.target[1])
+  src_info = input_pipeline.split_info(src_cfg, req.source[1])
+  target_ids, target_labels, target_thumbs = _read_target(tgt_cfg, req.target[1], req,
+                                                          tgt_info.num_examples)
+  print(f"searching {src_info.num_examples:,} images of {_spec(req.source)} for "
+        f"{len(target_ids):,} of {_spec(req.target)} (threshold {req.threshold:g}, "
+        f"{req.size} px thumbnails)", flush=True)
+  progress = Progress(f"source {_spec(req.source)}", src_info.num_examples)
+  batches = ((b["id"].tolist(), b["thumb"]) for b in input_pipeline.thumbnails(
+      src_cfg, req.source[1], size=req.size, batch_size=req.batch_size))
+  result = dedup.search(batches, target_thumbs, target_ids, threshold=req.threshold,
+                        chunk_size=req.chunk_size, k=req.k, progress=progress)
+  progress(result.num_source, final=True)
+
+  classes = _classes_of(np.asarray(target_labels))
+  names = tgt_info.class_names
+  counts = dedup.overlap(result, target_ids, classes, names)
+  label_of = dict(zip(target_ids, classes))
+  class_name = lambda t: ", ".join(names[c] if names and c < len(names) else str(c)
+                                   for c in label_of[t])
+  paper_key = dedup.paper_key(req.target[0])
+  paper = dedup.PAPER[paper_key] if paper_key else None
+  best = result.nearest_corr[:, 0]
+  near = [i for i in np.argsort(-best, kind="stable") if best[i] < req.threshold][:NEAR_MISSES]
+  report = {
+      "source": _spec(req.source), "target": _spec(req.target), "data_dir": FLAGS.data_dir,
+      "size": req.size, "threshold": req.threshold, "counts": counts, "paper": paper,
+      "matches": [{"source_id": m.source_id, "target_id": m.target_id,
+                   "target_class": class_name(m.target_id),
+                   "correlation": round(m.correlation, 6)} for m in result.matches],
+      "near_misses": [{"target_id": target_ids[i], "target_class": class_name(target_ids[i]),
+                       "nearest_source_id": result.nearest_ids[i][0],
+                       "correlation": _finite(best[i])}
+                      for i in near if np.isfinite(best[i])],
+  }
+  removed = sorted({m.source_id for m in result.matches})
+  md_text, table_obj = table(req, counts, paper)
+
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  dup_path = atomic_write(os.path.join(FLAGS.workdir, "duplicates.json"),
+                          json.dumps(report, indent=2, allow_nan=False) + "\n")
+  header = (f"# Section 5.2: the {len(removed)} images of {_spec(req.source)} whose {req.size} px "
+            f"thumbnail correlates >= {req.threshold:g} with an image of {_spec(req.target)} "
+            "(experiments/dedup.py); train without them: --exclude_ids=<this file>")
+  ids_path = atomic_write(os.path.join(FLAGS.workdir, "exclude_ids.txt"),
+                          "\n".join([re.sub(r"\s+", " ", header), *removed]) + "\n")
+  md, _ = tables.write_table(FLAGS.workdir, "dedup", md_text, table_obj)
+  print(f"{counts['images_in_common']:,} of {counts['total_target_images']:,} target images "
+        f"found in the source (at most {counts['max_overlap_per_class']} in one class); "
+        f"{len(removed):,} source images to leave out\n"
+        f"duplicates: {dup_path}\nexclude ids: {ids_path}\ntable: {md}")
+
+
+if __name__ == "__main__":
+  cli.run(main)
