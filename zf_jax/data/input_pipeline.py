@@ -667,6 +667,8 @@ def make_train_iterator(cfg: InputConfig, *, start_step: int = 0,
   builder = _builder(cfg)
   records = _read(builder, cfg.train_split, process_index, process_count, cfg, training=True)
   records = records.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+  if cfg.include_ids:  # A few listed images (a fold's): keep their encoded bytes, not a
+    records = records.cache()  # pass over the whole split, for every epoch.
   _, steps_per_epoch = _steps_per_epoch(builder, cfg, process_count)
   if not steps_per_epoch:
     raise ValueError(f"{cfg.dataset}:{cfg.train_split} has fewer examples than "

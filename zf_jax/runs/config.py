@@ -74,7 +74,7 @@ class RunConfig:
       None, "Global evaluation batch (default: --batch_size).")
   eval_every_epochs: int = option(1, "Validate every N epochs (0: only at the end).")
   final_eval_crops: tuple[str, ...] = option(
-      ("center", "ten"), "Crops of the final evaluation: center and/or ten (Section 3).",
+      ("center", "ten"), "Crops of the final evaluation: center and/or ten (Section 3); empty: none.",
       choices=input_pipeline.EVAL_CROPS)
   log_every: int = option(50, "Steps between progress lines.")
   checkpoint_every: int = option(1000, "Steps between checkpoints.")
