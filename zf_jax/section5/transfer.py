@@ -230,16 +230,21 @@ def row_name(kind: str, layer: int) -> str:
 
 def voc_table(train: FeatureSet, test: FeatureSet, layer: int, l2: float) -> dict[str, Any]:
   """Table 6's measurements: a softmax on `train` (soft targets: 1/k on each of an image's k
-  classes, difficult ones left out), per-class AP on `test` (difficult images ignored)."""
+  classes, difficult ones left out), per-class AP on `test` (difficult images ignored).
+  A class without a training image gets no AP (None)."""
   positive = (train.labels == 1).astype(np.float32)
   keep = positive.sum(1) > 0  # An image with only difficult objects teaches nothing here.
-  soft = positive[keep] / positive[keep].sum(1, keepdims=True)
+  seen = positive.sum(0) > 0
+  soft = positive[keep][:, seen]
+  soft /= soft.sum(1, keepdims=True)
   model, _ = classifiers.fit_softmax(train.features[layer][keep][None], soft[None],
-                                     num_classes=train.num_classes, l2=l2)
-  scores = np.asarray(classifiers.scores(model, test.features[layer][None]))[0]
+                                     num_classes=int(seen.sum()), l2=l2)
+  scores = np.zeros((len(test.ids), train.num_classes), np.float32)  # Unseen: no AP.
+  scores[:, seen] = np.asarray(classifiers.scores(model, test.features[layer][None]))[0]
   ap = 100 * classifiers.voc_average_precision(scores, test.labels)
+  ap[~seen] = np.nan
   names = test.class_names or tuple(map(str, range(test.num_classes)))
-  return {"ap": {name: float(v) for name, v in zip(names, ap)},
+  return {"ap": {name: float(v) if np.isfinite(v) else None for name, v in zip(names, ap)},
           "mean": float(np.nanmean(ap)), "train_images": int(keep.sum()),
           "test_images": int(len(test.ids))}
 
@@ -265,12 +270,18 @@ def curve_markdown(experiment: str, title: str, ns: Sequence[int],
                    curve: Mapping[str, Mapping[int, Any]], notes: Sequence[str]) -> str:
   """Tables 4 / 5 (and Fig. 9's numbers): the paper's rows, then ours, one column per n."""
   paper = PAPER_TABLE5 if experiment in ("5", "fig9") else PAPER_TABLE4
+  ns = sorted(set(ns) | {n for values in paper.values() for n in values})  # Ours and theirs.
   header = ["Acc %"] + [f"{n}/class" for n in ns]
   rows = [[f"{name} (paper)"] + [_pm(values.get(n)) for n in ns]
           for name, values in paper.items()]
-  rows.append([f"{SCRATCH} (ours)"] + [_pm(curve["scratch"].get(n)) if curve["scratch"]
-                                       else "not run" for n in ns])
-  rows.append([f"{PRETRAINED} (ours)"] + [_pm(curve["pretrained"].get(n)) for n in ns])
+
+  def ours(key: str, n: int) -> str:
+    if n not in curve["pretrained"]:
+      return "-"
+    return "not run" if key == "scratch" and not curve["scratch"] else _pm(curve[key].get(n))
+
+  rows.append([f"{SCRATCH} (ours)"] + [ours("scratch", n) for n in ns])
+  rows.append([f"{PRETRAINED} (ours)"] + [ours("pretrained", n) for n in ns])
   body = "\n".join(tables.markdown_table(header, rows))
   return "\n\n".join([f"# {title}", body, *notes]) + "\n"
 
@@ -281,7 +292,7 @@ def voc_markdown(title: str, result: Mapping[str, Any], notes: Sequence[str]) ->
   for name, ap in result["ap"].items():
     paper = PAPER_TABLE6.get(name)
     rows.append([name, *([f"{v:.1f}" for v in paper] if paper else ["-"] * 3),
-                 f"{ap:.1f}" if np.isfinite(ap) else "-"])
+                 "-" if ap is None else f"{ap:.1f}"])
   rows.append(["Mean", *(f"{v:.1f}" for v in PAPER_TABLE6_MEAN), f"{result['mean']:.1f}"])
   body = "\n".join(tables.markdown_table(header, rows))
   return "\n\n".join([f"# {title}", body, *notes]) + "\n"
