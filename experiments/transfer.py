@@ -184,10 +184,11 @@ def main(_):
     extra = [f"From scratch: {run.arch.name} re-initialised and trained by the ordinary "
              f"trainer on each fold's training images for {settings.scratch_steps} steps with "
              "--run's recipe." if FLAGS.scratch else "From scratch: not run (--noscratch)."]
-    md = transfer.curve_markdown(table, title, ns, curve, _notes(run, target, settings, extra))
+    md = transfer.curve_markdown(table, title, ns, curve, _notes(run, target, settings, extra),
+                                 pretrained_on=run.config.dataset)
     name = "fig9" if table == "fig9" else f"table{table}"
     pngs = [transfer.plot_curve(title, curve, page.figure_path(root, f"{name}.png"),
-                                target.dataset)] if table == "fig9" else []
+                                target.dataset, run.config.dataset)] if table == "fig9" else []
     out = transfer.write(root, name, md, {"title": title, "n": list(ns),
                                           **transfer.curve_json(curve)},
                          title=title, pngs=pngs,

@@ -21,6 +21,7 @@ so jit compiles three times in all (labels, soft targets, standardised).
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import jax
@@ -328,3 +329,26 @@ def test_svm_bad_input():
   _one_line(r"c=0: must be a finite number > 0", svm_scores, x, y, x, c=0)
   _one_line(r"y_train has only class \[0\]", svm_scores, x, 0 * y, x)
   _one_line(r"y_train of dtype float64", svm_scores, x, y.astype(float), x)
+
+
+DEAD_UNITS = """
+import json, numpy as np
+from zf_jax.section5.classifiers import fit_softmax
+rng = np.random.default_rng(0)
+x = (3 * np.maximum(rng.normal(size=(5, 300, 256)), 0)).astype(np.float32)
+x[:, :, :40] = 0  # Dead units.
+_, info = fit_softmax(x, np.tile(np.arange(5), (5, 60)), num_classes=5, l2=1e-3, tol=1e-5)
+print(json.dumps({"iterations": info.iterations.tolist(), "grad": info.grad_norm.tolist()}))
+"""
+
+
+def test_softmax_fits_every_fold_when_features_have_dead_units():
+  """ReLU features often hold units that are 0 for every image (layer 7 of a small net has
+  dozens). With 5 folds of such features, jit(vmap) once computed the starting gradient
+  norm as nan (XLA:CPU at its default optimisation level, not at the level 0 the tests
+  compile at: hence a process of its own), which ended L-BFGS before its first step."""
+  from conftest import run_python  # pylint: disable=import-outside-toplevel
+  result = run_python("-c", DEAD_UNITS, env={"XLA_FLAGS": ""})
+  assert result.returncode == 0, result.stderr[-3000:]
+  info = json.loads(result.stdout.strip().splitlines()[-1])
+  assert min(info["iterations"]) > 0 and max(info["grad"]) < 1e-5, info

@@ -148,6 +148,7 @@ def test_transfer_binary_writes_every_table_from_fixed_features(tmp_path):
   md = (out / "tables" / "table4.md").read_text()
   assert "| ImageNet-pretrained convnet (paper) | - | - | 83.8 ± 0.5 | 86.5 ± 0.5 |" in md
   assert "| Non-pretrained convnet (ours) | not run | not run | - | - |" in md
+  assert "| zf_tiny_images-pretrained convnet (ours) |" in md  # Not ImageNet: says so.
 
   # Table 7: one row per conv layer and layer 7 (SVM), softmax on 5 and 7.
   table7 = json.loads((out / "tables" / "table7.json").read_text())

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -267,8 +268,10 @@ def _title(experiment: str, target: Target, run: Run) -> str:
 
 
 def curve_markdown(experiment: str, title: str, ns: Sequence[int],
-                   curve: Mapping[str, Mapping[int, Any]], notes: Sequence[str]) -> str:
-  """Tables 4 / 5 (and Fig. 9's numbers): the paper's rows, then ours, one column per n."""
+                   curve: Mapping[str, Mapping[int, Any]], notes: Sequence[str],
+                   pretrained_on: str = "ImageNet") -> str:
+  """Tables 4 / 5 (and Fig. 9's numbers): the paper's rows, then ours, one column per n
+  (the paper's n and ours). `pretrained_on` names the data our features were trained on."""
   paper = PAPER_TABLE5 if experiment in ("5", "fig9") else PAPER_TABLE4
   ns = sorted(set(ns) | {n for values in paper.values() for n in values})  # Ours and theirs.
   header = ["Acc %"] + [f"{n}/class" for n in ns]
@@ -281,7 +284,8 @@ def curve_markdown(experiment: str, title: str, ns: Sequence[int],
     return "not run" if key == "scratch" and not curve["scratch"] else _pm(curve[key].get(n))
 
   rows.append([f"{SCRATCH} (ours)"] + [ours("scratch", n) for n in ns])
-  rows.append([f"{PRETRAINED} (ours)"] + [ours("pretrained", n) for n in ns])
+  rows.append([f"{pretrained_on}-pretrained convnet (ours)"] + [ours("pretrained", n)
+                                                               for n in ns])
   body = "\n".join(tables.markdown_table(header, rows))
   return "\n\n".join([f"# {title}", body, *notes]) + "\n"
 
@@ -311,11 +315,11 @@ def layers_markdown(title: str, n: int, result: Mapping[str, Any], notes: Sequen
 
 
 def plot_curve(title: str, curve: Mapping[str, Mapping[int, Any]], path: str,
-               dataset: str) -> str:
+               dataset: str, pretrained_on: str = "ImageNet") -> str:
   """Fig. 9: accuracy against training images per class, ours beside the paper's."""
   fig = figures.new_figure(7.5, 4.6)
   ax = fig.add_subplot(1, 1, 1)
-  for key, label, color in (("pretrained", "ours, pretrained", "#c44e52"),
+  for key, label, color in (("pretrained", f"ours, {pretrained_on}-pretrained", "#c44e52"),
                             ("scratch", "ours, from scratch", "#4c72b0")):
     points = sorted((n, c) for n, c in curve[key].items() if c)
     if points:
@@ -332,7 +336,7 @@ def plot_curve(title: str, curve: Mapping[str, Mapping[int, Any]], path: str,
   ax.set_ylim(0, 100)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="lower right")
-  ax.set_title(title, fontsize=8)
+  ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
   return figures.save(fig, path)
 
 
