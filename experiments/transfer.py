@@ -68,6 +68,9 @@ flags.DEFINE_integer("seed", 0, "Seed of the folds.")
 flags.DEFINE_float("l2", transfer.Settings.l2, "Softmax: weight of (1/2)|w|^2 beside the mean "
                    "cross-entropy, on standardised features.")
 flags.DEFINE_float("svm_c", transfer.Settings.svm_c, "Linear SVM's C (Table 7).")
+flags.DEFINE_integer("layer", None, "Tables 4, 5, fig9: the layer whose features the softmax "
+                     "reads (default: the top hidden layer, 7 as in the paper); another layer's "
+                     "table is named <table>_layer<L>.")
 flags.DEFINE_integer("grid", 6, "Conv maps are max-pooled to at most grid x grid before a "
                      "classifier reads them (0: whole maps).")
 flags.DEFINE_integer("batch_size", None, "Images per forward pass (default: --run's).")
@@ -175,25 +178,28 @@ def main(_):
         text="Section 5.3: a classifier on each layer's fixed features; the paper finds "
              "higher layers more discriminative.")
   else:
-    layer = top[-1]
+    layer = top[-1] if FLAGS.layer is None else check_layers(run.arch, [FLAGS.layer])[0]
     fs = extract(run, target, (layer,), grid=FLAGS.grid, batch_size=FLAGS.batch_size,
                  cache_dir=cache)
     curve = transfer.fold_curve(run, target, fs, ns, settings, root,
                                 scratch=FLAGS.scratch)
-    title = transfer._title(table, target, run)  # pylint: disable=protected-access
+    title = transfer._title(table, target, run) + (  # pylint: disable=protected-access
+        f" (softmax on layer {layer})" if layer != top[-1] else "")
     extra = [f"From scratch: {run.arch.name} re-initialised and trained by the ordinary "
              f"trainer on each fold's training images for {settings.scratch_steps} steps with "
              "--run's recipe." if FLAGS.scratch else "From scratch: not run (--noscratch)."]
     md = transfer.curve_markdown(table, title, ns, curve, _notes(run, target, settings, extra),
                                  pretrained_on=run.config.dataset)
-    name = "fig9" if table == "fig9" else f"table{table}"
+    name = ("fig9" if table == "fig9" else f"table{table}") + (
+        f"_layer{layer}" if layer != top[-1] else "")
     pngs = [transfer.plot_curve(title, curve, page.figure_path(root, f"{name}.png"),
                                 target.dataset, run.config.dataset)] if table == "fig9" else []
     out = transfer.write(root, name, md, {"title": title, "n": list(ns),
                                           **transfer.curve_json(curve)},
                          title=title, pngs=pngs,
-                         text="Section 5.2: a softmax on the fixed layer-7 features against "
-                              "the same network trained from scratch on the same images.")
+                         text=f"Section 5.2: a softmax on the fixed layer-{layer} features "
+                              "against the same network trained from scratch on the same "
+                              "images.")
   print(f"table: {out[0]}\nreport: {out[2]}")
 
 

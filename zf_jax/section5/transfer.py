@@ -192,10 +192,10 @@ def fold_curve(run: Run, target: Target, fs: FeatureSet, ns: Sequence[int], sett
                ) -> dict[str, dict[int, Any]]:
   """{"pretrained": {n: cell}, "scratch": {n: cell}}: Tables 4, 5 and Fig. 9's measurements.
 
-  Pretrained: a softmax on layer 7 (the top hidden layer the run has).
+  Pretrained: a softmax on the features of `fs`'s layer (the paper's: 7).
   A cell is {"mean", "std" (over folds), "folds": [accuracy per fold]}.
   """
-  top = max(l for l in fs.features if l != LOGITS)
+  (top,) = [l for l in fs.features if l != LOGITS]
   curve: dict[str, dict[int, Any]] = {"pretrained": {}, "scratch": {}}
   for n in ns:
     folds = folds_lib.sample_folds(fs.labels, n, n_test=settings.n_test,
