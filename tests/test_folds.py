@@ -106,7 +106,7 @@ def test_bad_requests():
   _one_line_error("num_folds=0", labels, 5, num_folds=0)
   _one_line_error("seed=-1", labels, 5, seed=-1)
   _one_line_error("dtype float64", labels.astype(float), 5)
-  _one_line_error("label -1", np.append(labels, -1), 5)
+  _one_line_error("labels holds -1", np.append(labels, -1), 5)
   _one_line_error(r"shape \(2, 36\)", labels.reshape(2, -1), 5)
 
 

@@ -32,6 +32,8 @@ import optax
 from flax import struct
 from optax import tree_utils as otu
 
+from zf_jax.section5.folds import int_labels
+
 # A feature whose training std is below STD_FLOOR * (1 + |mean|) is constant up to
 # float32 rounding (e.g. a relu that never fires): it is centred but not scaled.
 STD_FLOOR = 1e-6
@@ -40,17 +42,6 @@ ROW_SUM_ATOL = 1e-4
 
 
 # ------------------------------------------------------------------ metrics
-
-
-def _int_vector(name: str, a) -> np.ndarray:
-  a = np.asarray(a)
-  if a.ndim != 1 or a.size == 0:
-    raise ValueError(f"{name} of shape {a.shape}: must be a non-empty 1-D array")
-  if not np.issubdtype(a.dtype, np.integer):
-    raise ValueError(f"{name} of dtype {a.dtype}: must be integer class labels")
-  if a.min() < 0:
-    raise ValueError(f"{name} holds {a.min()}: class labels must be >= 0")
-  return a
 
 
 def mean_class_accuracy(labels, predictions, num_classes: int | None = None) -> float:
@@ -62,8 +53,8 @@ def mean_class_accuracy(labels, predictions, num_classes: int | None = None) -> 
   `num_classes`, when given, only checks that labels and predictions are in
   [0, num_classes).
   """
-  labels = _int_vector("labels", labels)
-  predictions = _int_vector("predictions", predictions)
+  labels = int_labels(labels, "labels")
+  predictions = int_labels(predictions, "predictions")
   if predictions.shape != labels.shape:
     raise ValueError(f"predictions of shape {predictions.shape}: must match labels' "
                      f"{labels.shape}")
@@ -303,7 +294,7 @@ def svm_scores(x_train, y_train, x_test, *, c: float = 1.0, standardize: bool = 
 
   x_train = np.asarray(x_train, dtype=np.float64)
   x_test = np.asarray(x_test, dtype=np.float64)
-  y_train = _int_vector("y_train", y_train)
+  y_train = int_labels(y_train, "y_train")
   if x_train.ndim != 2 or x_train.shape[0] != y_train.shape[0]:
     raise ValueError(f"x_train of shape {x_train.shape}: must be ({y_train.shape[0]}, D) "
                      "to match y_train")

@@ -36,14 +36,16 @@ def _check_positive(name: str, value: int) -> None:
     raise ValueError(f"{name}={value!r}: must be an integer >= 1")
 
 
-def _check_labels(labels) -> np.ndarray:
+def int_labels(labels, name: str = "labels") -> np.ndarray:
+  """`labels` as a non-empty 1-D int64 array of class labels >= 0 (else a one-line ValueError
+  naming `name`)."""
   labels = np.asarray(labels)
   if labels.ndim != 1 or labels.size == 0:
-    raise ValueError(f"labels of shape {labels.shape}: must be a non-empty 1-D array")
+    raise ValueError(f"{name} of shape {labels.shape}: must be a non-empty 1-D array")
   if not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"labels of dtype {labels.dtype}: must be integer class labels")
+    raise ValueError(f"{name} of dtype {labels.dtype}: must be integer class labels")
   if labels.min() < 0:
-    raise ValueError(f"label {labels.min()}: class labels must be >= 0")
+    raise ValueError(f"{name} holds {labels.min()}: class labels must be >= 0")
   return labels.astype(np.int64)
 
 
@@ -56,7 +58,7 @@ def sample_folds(labels, n_train: int, *, n_test: int = 50, num_folds: int = 5,
   the others (drawn without replacement). Each class needs more than `n_train`
   images (at least one to test); classes without any image simply do not appear.
   """
-  labels = _check_labels(labels)
+  labels = int_labels(labels)
   _check_positive("n_train", n_train)
   _check_positive("n_test", n_test)
   _check_positive("num_folds", num_folds)
