@@ -119,7 +119,7 @@ def _markdown_table_html(markdown: str) -> str:
 
 _STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 img{max-width:100%;border:1px solid #ddd;margin:.5em 0}table{border-collapse:collapse;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td.l{text-align:left}th{background:#f3f3f3}
+td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right;white-space:nowrap}td.l{text-align:left;white-space:normal}th{background:#f3f3f3}
 table.items td{text-align:left;border:none;padding:.1em 1em .1em 0}table.items td:first-child{font-weight:bold}
 figcaption{font-size:90%;color:#444}figcaption a{color:#888;margin-left:.5em}"""
 
