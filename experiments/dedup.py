@@ -32,7 +32,6 @@ Writes, under --workdir, only once the whole source has been read:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -66,54 +65,6 @@ PROGRESS_SECONDS = 5.0
 NEAR_MISSES = 100  # Targets listed in duplicates.json whose best source is just below.
 
 
-@dataclasses.dataclass(frozen=True)
-class Request:
-  """A checked command line."""
-
-  source: tuple[str, str]  # (dataset, split)
-  target: tuple[str, str]
-  threshold: float
-  size: int
-  chunk_size: int
-  k: int
-  batch_size: int
-
-
-def parse_spec(name: str, spec: str) -> tuple[str, str]:
-  """"DATASET:SPLIT" -> (dataset, split), split at the last ':' outside [...] (so
-  "folder:/data/c256:all" and "caltech101:train[:50%]" both work)."""
-  depth, cut = 0, -1
-  for i, ch in enumerate(spec):
-    depth += {"[": 1, "]": -1}.get(ch, 0)
-    if ch == ":" and depth == 0:
-      cut = i
-  dataset, split = spec[:cut].strip(), spec[cut + 1:].strip()
-  if cut < 0 or not dataset or not split:
-    raise ValueError(f"--{name}={spec}: give DATASET:SPLIT, e.g. imagenet2012:train, "
-                     "caltech101:train+test or folder:<root>:<split>")
-  if dataset == input_pipeline.FOLDER_PREFIX.rstrip(":"):
-    raise ValueError(f"--{name}={spec}: an image folder is folder:<root>:<split>")
-  return dataset, split
-
-
-def request(source: str, target: str, threshold: float, size: int = dedup.DEFAULT_SIZE,
-            chunk_size: int = dedup.DEFAULT_CHUNK, k: int = dedup.DEFAULT_K,
-            batch_size: int = 512) -> Request:
-  """The flags, checked without reading any data; a one-line ValueError for a bad one."""
-  src, tgt = parse_spec("source", source), parse_spec("target", target)
-  if not 0 < threshold <= 1:
-    raise ValueError(f"--threshold={threshold}: a correlation threshold must be in (0, 1]")
-  if size < 2:
-    raise ValueError(f"--size={size}: thumbnails need at least 2 x 2 pixels")
-  if chunk_size < 1:
-    raise ValueError(f"--chunk_size={chunk_size}: must be positive")
-  if not 1 <= k <= chunk_size:
-    raise ValueError(f"--k={k}: must be in 1..--chunk_size ({chunk_size})")
-  if batch_size < 1:
-    raise ValueError(f"--batch_size={batch_size}: must be positive")
-  return Request(src, tgt, float(threshold), size, chunk_size, k, batch_size)
-
-
 def _spec(part: tuple[str, str]) -> str:
   return f"{part[0]}:{part[1]}"
 
@@ -145,7 +96,7 @@ class Progress:
           flush=True)
 
 
-def _read_target(cfg, split: str, req: Request, total: int):
+def _read_target(cfg, split: str, req: dedup.Request, total: int):
   ids, labels, thumbs = [], [], []
   progress = Progress(f"target {cfg.dataset}:{split}", total)
   for batch in input_pipeline.thumbnails(cfg, split, size=req.size, batch_size=req.batch_size):
@@ -163,7 +114,7 @@ def _finite(x: float) -> float | None:
   return round(float(x), 6) if np.isfinite(x) else None
 
 
-def table(req: Request, counts: dict, paper: dict | None) -> tuple[str, dict]:
+def table(req: dedup.Request, counts: dict, paper: dict | None) -> tuple[str, dict]:
   """tables/dedup.{md,json}: ours beside the paper's footnote."""
   title = (f"Section 5.2: images of {_spec(req.target)} also in {_spec(req.source)} "
            f"(normalised correlation of {req.size} px grey thumbnails >= {req.threshold:g})")
@@ -198,8 +149,8 @@ def table(req: Request, counts: dict, paper: dict | None) -> tuple[str, dict]:
 
 
 def main(_):
-  req = request(FLAGS.source, FLAGS.target, FLAGS.threshold, FLAGS.size, FLAGS.chunk_size,
-                FLAGS.k, FLAGS.batch_size)
+  req = dedup.request(FLAGS.source, FLAGS.target, FLAGS.threshold, FLAGS.size,
+                      FLAGS.chunk_size, FLAGS.k, FLAGS.batch_size)
   src_cfg = input_pipeline.InputConfig(dataset=req.source[0], data_dir=FLAGS.data_dir)
   tgt_cfg = input_pipeline.InputConfig(dataset=req.target[0], data_dir=FLAGS.data_dir)
   # Both datasets and splits exist before anything is read or written.

@@ -255,8 +255,7 @@ def test_the_paper_row_is_for_caltech101_and_a_caltech256_folder_only(dataset, k
     ("folder:/data/c256:all", ("folder:/data/c256", "all")),
     ("folder:/data/c256:all[10:20]", ("folder:/data/c256", "all[10:20]"))])
 def test_dataset_split_specs(spec, parsed):
-  from experiments import dedup as binary  # pylint: disable=import-outside-toplevel
-  assert binary.parse_spec("source", spec) == parsed
+  assert dedup.parse_spec("source", spec) == parsed
 
 
 BAD_REQUESTS = [
@@ -275,11 +274,10 @@ BAD_REQUESTS = [
     "no-colon", "no-split", "folder-no-split", "threshold-above-1", "threshold-0", "size-1",
     "chunk-0", "k-above-chunk"])
 def test_bad_requests_are_refused_in_one_line(overrides, message):
-  from experiments import dedup as binary  # pylint: disable=import-outside-toplevel
   kwargs = {"source": "imagenet2012:train", "target": "caltech101:train+test",
             "threshold": 0.95, **overrides}
   with pytest.raises(ValueError) as excinfo:
-    binary.request(**kwargs)
+    dedup.request(**kwargs)
   assert message in str(excinfo.value) and "\n" not in str(excinfo.value)
 
 

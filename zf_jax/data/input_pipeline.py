@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow_datasets as tfds
+from tensorflow.python.util import deprecation  # pylint: disable=g-direct-tensorflow-import
 
 from zf_jax import files
 from zf_jax.data import datasets as _datasets  # noqa: F401  registers fashion_mnist_debian
@@ -269,9 +270,13 @@ def _read(builder, split, process_index: int = 0, process_count: int = 1,
   else:
     host_split = tfds.split_for_jax_process(split, process_index=process_index,
                                             process_count=process_count)
-    ds = builder.as_dataset(split=host_split, shuffle_files=False, decoders=_decoders(builder),
-                            read_config=tfds.ReadConfig(options=_options(), try_autocache=False,
-                                                        add_tfds_id=True))
+    # tfds builds record ids with a deprecated tf.data op, whose warning would be a
+    # binary's stderr's first lines (its errors must be one line).
+    with deprecation.silence():
+      ds = builder.as_dataset(split=host_split, shuffle_files=False,
+                              decoders=_decoders(builder),
+                              read_config=tfds.ReadConfig(options=_options(), try_autocache=False,
+                                                          add_tfds_id=True))
     if "tfds_id" not in ds.element_spec:  # tfds' mock data: name records by position.
       offset = sum(_count(builder.as_dataset(
           split=tfds.split_for_jax_process(split, process_index=p, process_count=process_count),

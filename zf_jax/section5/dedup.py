@@ -371,3 +371,54 @@ def overlap(result: SearchResult, target_ids: Sequence[str],
       "threshold": result.threshold,
       "nearest_bands": {f">={b}": int((best >= b).sum()) for b in BANDS},
   }
+
+
+# --- The binary's request (experiments/dedup.py), checked before any data is read ----
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """A checked command line."""
+
+  source: tuple[str, str]  # (dataset, split)
+  target: tuple[str, str]
+  threshold: float
+  size: int
+  chunk_size: int
+  k: int
+  batch_size: int
+
+
+def parse_spec(name: str, spec: str) -> tuple[str, str]:
+  """"DATASET:SPLIT" -> (dataset, split), split at the last ':' outside [...] (so
+  "folder:/data/c256:all" and "caltech101:train[:50%]" both work)."""
+  depth, cut = 0, -1
+  for i, ch in enumerate(spec):
+    depth += {"[": 1, "]": -1}.get(ch, 0)
+    if ch == ":" and depth == 0:
+      cut = i
+  dataset, split = spec[:cut].strip(), spec[cut + 1:].strip()
+  if cut < 0 or not dataset or not split:
+    raise ValueError(f"--{name}={spec}: give DATASET:SPLIT, e.g. imagenet2012:train, "
+                     "caltech101:train+test or folder:<root>:<split>")
+  if dataset == "folder":  # zf_jax.data.input_pipeline.FOLDER_PREFIX without its colon.
+    raise ValueError(f"--{name}={spec}: an image folder is folder:<root>:<split>")
+  return dataset, split
+
+
+def request(source: str, target: str, threshold: float, size: int = DEFAULT_SIZE,
+            chunk_size: int = DEFAULT_CHUNK, k: int = DEFAULT_K,
+            batch_size: int = 512) -> Request:
+  """The flags, checked without reading any data; a one-line ValueError for a bad one."""
+  src, tgt = parse_spec("source", source), parse_spec("target", target)
+  if not 0 < threshold <= 1:
+    raise ValueError(f"--threshold={threshold}: a correlation threshold must be in (0, 1]")
+  if size < 2:
+    raise ValueError(f"--size={size}: thumbnails need at least 2 x 2 pixels")
+  if chunk_size < 1:
+    raise ValueError(f"--chunk_size={chunk_size}: must be positive")
+  if not 1 <= k <= chunk_size:
+    raise ValueError(f"--k={k}: must be in 1..--chunk_size ({chunk_size})")
+  if batch_size < 1:
+    raise ValueError(f"--batch_size={batch_size}: must be positive")
+  return Request(src, tgt, float(threshold), size, chunk_size, k, batch_size)
