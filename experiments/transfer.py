@@ -152,7 +152,7 @@ def main(_):
     test_fs = extract(run, test, (layer,), grid=FLAGS.grid, batch_size=FLAGS.batch_size,
                       cache_dir=cache)
     result = transfer.voc_table(train_fs, test_fs, layer, settings.l2)
-    title = transfer._title(table, test, run)  # pylint: disable=protected-access
+    title = transfer.table_title(table, test, run)
     notes = [f"Softmax on layer {layer}'s features of {target.describe()} "
              f"({result['train_images']} images with a non-difficult object), scored on "
              f"{test.describe()} ({result['test_images']} images): PASCAL VOC 2012's test "
@@ -169,7 +169,7 @@ def main(_):
     fs = extract(run, target, layers, grid=FLAGS.grid, batch_size=FLAGS.batch_size,
                  cache_dir=cache)
     results = {n: transfer.layer_table(fs, n, rows, settings) for n in ns}
-    title = transfer._title(table, target, run)  # pylint: disable=protected-access
+    title = transfer.table_title(table, target, run)
     md = "\n".join(transfer.layers_markdown(title, n, results[n], _notes(
         run, target, settings, [f"Linear SVM: scikit-learn's LinearSVC, C {settings.svm_c:g} "
                                 "on standardised features."])) for n in ns)
@@ -183,7 +183,7 @@ def main(_):
                  cache_dir=cache)
     curve = transfer.fold_curve(run, target, fs, ns, settings, root,
                                 scratch=FLAGS.scratch)
-    title = transfer._title(table, target, run) + (  # pylint: disable=protected-access
+    title = transfer.table_title(table, target, run) + (
         f" (softmax on layer {layer})" if layer != top[-1] else "")
     extra = [f"From scratch: {run.arch.name} re-initialised and trained by the ordinary "
              f"trainer on each fold's training images for {settings.scratch_steps} steps with "

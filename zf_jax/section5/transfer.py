@@ -31,12 +31,12 @@ images.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from zf_jax.files import atomic_write
@@ -48,7 +48,6 @@ from zf_jax.section5 import classifiers, folds as folds_lib
 from zf_jax.section5.features import LOGITS, FeatureSet, Target, extract
 
 EXPERIMENTS = ("4", "5", "6", "7", "fig9")
-CLASSIFIERS = ("softmax", "svm")
 
 # The paper's numbers: {method: {n per class: (mean, std or None)}}.
 PAPER_TABLE4 = {
@@ -145,7 +144,7 @@ def _write_ids(path: str, ids: Sequence[str], what: str) -> str:
 def scratch_config(run: Run, target: Target, ids_file: str, num_train: int, steps: int):
   """The pretrained run's recipe, re-initialised, on a fold's training images (Section 5.2)."""
   cfg = run.config
-  devices = cfg.cpu_devices or 1
+  devices = jax.device_count()  # The batch is split over them.
   batch = max(devices, min(cfg.train.batch_size, num_train) // devices * devices)
   return dataclasses.replace(
       cfg, dataset=target.dataset, data_dir=target.data_dir, train_split=target.split,
@@ -262,7 +261,8 @@ def _pm(cell: Any) -> str:
   return f"{cell['mean']:.1f} ± {cell['std']:.1f}"
 
 
-def _title(experiment: str, target: Target, run: Run) -> str:
+def table_title(experiment: str, target: Target, run: Run) -> str:
+  """A table's title: the paper's caption, and what ours was measured on."""
   return (f"{TITLES[experiment]}: ours on {target.describe()}, features of "
           f"{run.arch.name} trained on {run.config.dataset}")
 
@@ -352,7 +352,3 @@ def write(root: str, name: str, markdown: str, result: Mapping[str, Any], *, tit
 
 def curve_json(curve: Mapping[str, Mapping[int, Any]]) -> dict[str, Any]:
   return {k: {str(n): c for n, c in v.items()} for k, v in curve.items()}
-
-
-def save_json(path: str, obj: Any) -> str:
-  return atomic_write(path, json.dumps(obj, indent=2) + "\n")
