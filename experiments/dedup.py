@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 
 import numpy as np
@@ -195,11 +194,11 @@ def main(_):
   os.makedirs(FLAGS.workdir, exist_ok=True)
   dup_path = atomic_write(os.path.join(FLAGS.workdir, "duplicates.json"),
                           json.dumps(report, indent=2, allow_nan=False) + "\n")
-  header = (f"# Section 5.2: the {len(removed)} images of {_spec(req.source)} whose {req.size} px "
+  header = (f"Section 5.2: the {len(removed)} images of {_spec(req.source)} whose {req.size} px "
             f"thumbnail correlates >= {req.threshold:g} with an image of {_spec(req.target)} "
             "(experiments/dedup.py); train without them: --exclude_ids=<this file>")
-  ids_path = atomic_write(os.path.join(FLAGS.workdir, "exclude_ids.txt"),
-                          "\n".join([re.sub(r"\s+", " ", header), *removed]) + "\n")
+  ids_path = input_pipeline.write_ids(os.path.join(FLAGS.workdir, "exclude_ids.txt"),
+                                      removed, header)
   md, _ = tables.write_table(FLAGS.workdir, "dedup", md_text, table_obj)
   print(f"{counts['images_in_common']:,} of {counts['total_target_images']:,} target images "
         f"found in the source (at most {counts['max_overlap_per_class']} in one class); "

@@ -12,7 +12,6 @@ zf_jax that imports tensorflow / tensorflow_datasets.
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import hashlib
 import os
@@ -29,6 +28,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import tensorflow_datasets as tfds
 from tensorflow.python.util import deprecation  # pylint: disable=g-direct-tensorflow-import
 
+from zf_jax import files
 from zf_jax.data import datasets as _datasets  # noqa: F401  registers fashion_mnist_debian
 
 
@@ -212,6 +212,14 @@ def read_ids(path: str) -> list[str]:
   except OSError as e:
     raise FileNotFoundError(f"cannot read the id file {path}: {e.strerror or e}") from None
   return [line for line in lines if line and not line.startswith("#")]
+
+
+def write_ids(path: str, ids, comment: str) -> str:
+  """Writes the id file `read_ids` reads: a `# comment` line (whitespace folded), then one id
+  per line; atomically, its folder created. Returns `path`."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  header = "# " + " ".join(comment.split())
+  return files.atomic_write(path, "\n".join([header, *ids]) + "\n")
 
 
 def _id_filter_suffix(cfg: InputConfig) -> str:
@@ -422,30 +430,3 @@ def decode_rgb(image: tf.Tensor) -> tf.Tensor:
       raise ValueError(f"cannot make RGB from an image with {channels} channels")
   image.set_shape([None, None, 3])
   return image
-
-
-
-def thumbnails(cfg: InputConfig, split: str, *, size: int = 32,
-               batch_size: int = 512) -> collections.abc.Iterator[dict]:
-  """Small grey copies of every decodable image of `split`, in file order (de-duplication).
-
-  Yields host batches {"id": str (b,), "label": int64 (b,) (multi-label
-  datasets: (b, C)), "thumb": float32 (b, size, size)}: the whole image
-  squashed to size x size (bilinear, antialiased), the mean of its RGB
-  channels, 0..255 units. `cfg.classes` applies; the training-split id lists do not.
-  """
-  if size < 2 or batch_size < 1:
-    raise ValueError(f"thumbnails need size >= 2 and batch_size >= 1, got {size}, {batch_size}")
-  builder = _builder(cfg)
-
-  def thumb(ex):
-    image = tf.image.resize(tf.cast(decode_rgb(ex["image"]), tf.float32), [size, size],
-                            method="bilinear", antialias=True)
-    return {"id": ex["id"], "label": ex["label"], "thumb": tf.reduce_mean(image, axis=-1)}
-
-  ds = _read(builder, split, cfg=cfg).map(thumb, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.ignore_errors(log_warning=True).batch(batch_size).with_options(_options())
-  for batch in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-    yield {"id": np.array([i.decode() for i in batch["id"]]), "label": batch["label"],
-           "thumb": batch["thumb"]}
-

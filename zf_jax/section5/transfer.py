@@ -39,7 +39,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from zf_jax.files import atomic_write
+from zf_jax.data import input_pipeline
 from zf_jax.report import figures, page, tables
 from zf_jax.runs import trainer
 from zf_jax.runs import workdir as workdir_lib
@@ -136,11 +136,6 @@ def svm_accuracies(fs: FeatureSet, layer: int, folds: Sequence[folds_lib.Fold], 
   return out
 
 
-def _write_ids(path: str, ids: Sequence[str], what: str) -> str:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  return atomic_write(path, f"# {what}\n" + "".join(f"{i}\n" for i in ids))
-
-
 def scratch_config(run: Run, target: Target, ids_file: str, num_train: int, steps: int):
   """The pretrained run's recipe, re-initialised, on a fold's training images (Section 5.2)."""
   cfg = run.config
@@ -163,8 +158,9 @@ def scratch_accuracies(run: Run, target: Target, fs: FeatureSet, n: int,
   out = []
   for k, f in enumerate(folds):
     wd = os.path.join(root, "scratch", f"n{n}-fold{k}")
-    ids = _write_ids(os.path.join(wd, "train_ids.txt"), fs.ids[f.train].tolist(),
-                     f"fold {k}: {n} training images per class of {target.describe()}")
+    ids = input_pipeline.write_ids(
+        os.path.join(wd, "train_ids.txt"), fs.ids[f.train].tolist(),
+        f"fold {k}: {n} training images per class of {target.describe()}")
     say(f"from scratch, {n} per class, fold {k + 1}/{len(folds)}: training in {wd}")
     summary = trainer.train_and_evaluate(scratch_config(run, target, ids, len(f.train), steps),
                                          wd)
