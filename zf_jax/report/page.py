@@ -158,6 +158,8 @@ table.items td:first-child{font-weight:bold}
 figcaption{font-size:90%;color:#444}figcaption a{color:#888;margin-left:.5em}
 .wide{overflow-x:auto;max-width:100%}p.cite{font-size:90%;color:#555;font-style:italic}
 p.files{font-size:90%}p.files a{color:#666}pre{background:#f7f7f7;padding:.5em;overflow-x:auto}
+h2{border-bottom:2px solid #444;padding-bottom:.2em;margin-top:1.6em}
+h3{border-top:1px solid #ddd;padding-top:.6em}h4{font-size:95%;color:#444}
 """
 INTRO = ("<p>Zeiler &amp; Fergus, <i>Visualizing and Understanding Convolutional Networks</i> "
          "(ECCV 2014), reproduced with zf_jax.</p>")
