@@ -212,7 +212,7 @@ def build_shared(root) -> tuple[str, list]:
 
 _BACKGROUND = []
 _USE_FASHION_RUN = ("test_correspondence.py", "test_figure_binaries.py", "test_invariance.py",
-                    "test_occlusion.py")
+                    "test_notebook.py", "test_occlusion.py")
 
 
 def pytest_sessionstart(session):
