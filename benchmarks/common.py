@@ -218,6 +218,13 @@ def torch_twin(params, arch, upto: int | None = None, *, lrn_backward: str = "id
         3, 2, 0, 1).copy())
     conv.bias.data = torch.from_numpy(np.asarray(params[f"conv{c.layer}"]["b"]).copy())
     mods += [nn.ZeroPad2d((l, r, t, b)), conv, nn.ReLU()]
+    lrn = None
+    if c.norm is not None:
+      n = c.norm
+      lrn = (LRN(n) if lrn_backward == "identity"
+             else nn.LocalResponseNorm(n.size, n.alpha, n.beta, n.k))
+    if lrn is not None and c.norm_before_pool:
+      mods.append(lrn)
     if c.pool is not None:
       (pt, pb), (pl, pr) = c.pool.padding
       mods += [nn.ConstantPad2d((pl, pr, pt, pb), float("-inf")),
@@ -225,10 +232,8 @@ def torch_twin(params, arch, upto: int | None = None, *, lrn_backward: str = "id
     if upto is not None and c.layer == upto:
       mods.append(FlattenNHWC())
       return nn.Sequential(*mods).eval()
-    if c.norm is not None:
-      n = c.norm
-      mods.append(LRN(n) if lrn_backward == "identity"
-                  else nn.LocalResponseNorm(n.size, n.alpha, n.beta, n.k))
+    if lrn is not None and not c.norm_before_pool:
+      mods.append(lrn)
     cin = c.features
   mods.append(FlattenNHWC())
   for name in [f"fc{f.layer}" for f in arch.fcs] + ["fc8"]:

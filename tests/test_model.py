@@ -1,5 +1,7 @@
 """The forward pass: init per Section 3, layer order of Fig. 3, the Trace, dropout."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,20 +33,26 @@ def test_init_follows_section_3():
     model.init(jax.random.key(0), TINY, scheme="xavier")
 
 
-def test_apply_is_conv_relu_pool_then_lrn_and_fc_reads_nhwc():
-  params = model.init(jax.random.key(1), TINY, scheme="he")
-  x = _images(TINY)
-  logits, trace = model.apply(params, x, TINY)
-  # Layer by layer by hand: activations are taken after the pool, before the LRN.
+@pytest.mark.parametrize("norm_before_pool", [False, True])
+def test_apply_is_conv_relu_pool_then_lrn_and_fc_reads_nhwc(norm_before_pool):
+  """Fig. 3's order; or conv -> relu -> LRN -> pool (the imported pytorchcv models')."""
+  arch = dataclasses.replace(TINY, convs=tuple(
+      dataclasses.replace(c, norm_before_pool=norm_before_pool) for c in TINY.convs))
+  params = model.init(jax.random.key(1), arch, scheme="he")
+  x = _images(arch)
+  logits, trace = model.apply(params, x, arch)
+  # Layer by layer by hand: activations are taken after the pool (and after an LRN before it).
   h = x
-  for c in TINY.convs:
+  for c in arch.convs:
     p = params[f"conv{c.layer}"]
     h = jnp.maximum(layers.conv2d(h, p["w"], p["b"], c.stride, c.padding), 0)
+    if c.norm and norm_before_pool:
+      h = layers.lrn(h, c.norm.size, c.norm.alpha, c.norm.beta, c.norm.k)
     if c.pool:
       h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
                                 ((0, 0), *c.pool.padding, (0, 0)))
     np.testing.assert_allclose(trace.activations[c.layer], h, rtol=1e-5, atol=1e-5)
-    if c.norm:
+    if c.norm and not norm_before_pool:
       h = layers.lrn(h, c.norm.size, c.norm.alpha, c.norm.beta, c.norm.k)
   flat = np.asarray(h).reshape(len(x), -1)  # NHWC order.
   for name in ("fc6", "fc7"):

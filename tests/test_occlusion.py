@@ -1,5 +1,7 @@
 """Specifications of zf_jax.occlusion (Fig. 7)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,10 +25,10 @@ def _image():
   return np.random.default_rng(0).normal(0, 64, (32, 32, 3)).astype(np.float32)
 
 
-def loop_reference(params, image, label, patch, stride, fill):
+def loop_reference(params, image, label, patch, stride, fill, arch=ARCH):
   """One forward pass per position, straight from the definition of Fig. 7 (b), (d), (e)."""
-  top = ARCH.convs[-1].layer
-  _, trace = model.apply(params, jnp.asarray(image[None]), ARCH)
+  top = arch.convs[-1].layer
+  _, trace = model.apply(params, jnp.asarray(image[None]), arch)
   acts = np.asarray(trace.activations[top][0])
   feature = np.unravel_index(acts.argmax(), acts.shape)[-1]
   positions = range(0, 32 - patch + 1, stride)
@@ -37,7 +39,7 @@ def loop_reference(params, image, label, patch, stride, fill):
       occluded = image.copy()
       occluded[y:y + patch, x:x + patch, :] = np.broadcast_to(fill, image.shape)[
           y:y + patch, x:x + patch, :]
-      logits, t = model.apply(params, jnp.asarray(occluded[None]), ARCH)
+      logits, t = model.apply(params, jnp.asarray(occluded[None]), arch)
       prob[i, j] = float(jax.nn.softmax(logits)[0, label])
       cls[i, j] = int(jnp.argmax(logits[0]))
       act[i, j] = float(t.activations[top][0, ..., feature].sum())
@@ -51,6 +53,18 @@ def test_batched_maps_equal_a_loop_over_positions(params, image, patch, stride, 
   feature, prob, cls, act = loop_reference(params, image, 4, patch, stride, fill)
   n = occ.grid_size(32, patch, stride)
   assert maps.prob.shape == maps.top_class.shape == maps.activity.shape == (n, n)
+  assert int(maps.feature) == feature
+  np.testing.assert_allclose(maps.prob, prob, rtol=1e-4, atol=1e-7)
+  np.testing.assert_array_equal(maps.top_class, cls)
+  np.testing.assert_allclose(maps.activity, act, rtol=1e-4, atol=1e-4)
+
+
+def test_layers_whose_lrn_comes_before_the_pool_too(params, image):
+  """The order of the imported pytorchcv models (`ConvSpec.norm_before_pool`)."""
+  arch = dataclasses.replace(ARCH, convs=tuple(
+      dataclasses.replace(c, norm_before_pool=True) for c in ARCH.convs))
+  maps = occ.occlusion(params, arch, image, 4, patch=8, stride=3, chunk=16)
+  feature, prob, cls, act = loop_reference(params, image, 4, 8, 3, 0.0, arch)
   assert int(maps.feature) == feature
   np.testing.assert_allclose(maps.prob, prob, rtol=1e-4, atol=1e-7)
   np.testing.assert_array_equal(maps.top_class, cls)

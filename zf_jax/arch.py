@@ -6,7 +6,8 @@ even after an ablation removes some of them.
 
 Inside a conv layer the order is conv -> relu -> max pool -> LRN (Fig. 3:
 "(i) passed through a rectified linear function, (ii) pooled ... and (iii)
-contrast normalized across feature maps").
+contrast normalized across feature maps"); the presets of published
+ImageNet models (`zfnet_pytorchcv`, ...) may put the LRN before the pool.
 
 Choices the paper leaves open, fixed here:
 
@@ -65,7 +66,12 @@ class LRNSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ConvSpec:
-  """One conv layer: conv -> relu -> [max pool] -> [LRN], numbered as in the paper."""
+  """One conv layer: conv -> relu -> [max pool] -> [LRN], numbered as in the paper.
+
+  `norm_before_pool`: conv -> relu -> LRN -> max pool instead, the order of
+  Krizhevsky et al.'s code and of the pytorchcv models whose weights
+  `zf_jax.runs.imported` reads (exact presets of those models need it).
+  """
   layer: int
   features: int
   kernel: int
@@ -73,6 +79,7 @@ class ConvSpec:
   padding: Padding = _pad(0)
   pool: PoolSpec | None = None
   norm: LRNSpec | None = None
+  norm_before_pool: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +259,42 @@ def _alexnet_small(name="alexnet_small", features=(32, 64, 96, 96, 64), fc=256,
                     pool12=_POOL_PAD, pool5=None)
 
 
+def _pytorchcv(name: str, conv_features: Sequence[int]) -> Arch:
+  """pytorchcv's `zfnet` / `zfnetb` (ImageNet-trained weights exist for both), exactly.
+
+  Their layout (pytorchcv/models/alexnet.py, which zfnet.py configures): the
+  paper's filter sizes, strides and paddings, but the LRN right after the
+  relu, before the pool, with torch's default alpha 1e-4 (ours: 5e-4) and
+  k = 2, and "ceil mode" 3x3/2 pools, which are our (0, 1) -inf paddings for
+  the 110 and 26 px maps and no padding for the 13 px one: the same windows.
+  Maps 110, 55, 26, 13, 13, 13, 6 as in Fig. 3.
+  """
+  lrn = LRNSpec(size=5, alpha=1e-4, beta=0.75, k=2.0)
+  arch = _zfnet(name, conv_features=conv_features)
+  convs = tuple(dataclasses.replace(c, norm=lrn, norm_before_pool=True) if c.norm else c
+                for c in arch.convs)
+  return dataclasses.replace(arch, convs=convs)
+
+
+def _alexnet_torchvision() -> Arch:
+  """torchvision's `alexnet`, exactly: the single-GPU AlexNet of Krizhevsky's "One weird
+  trick" (64-192-384-256-256 maps, 11x11/4 pad 2 first layer, no LRN, floor pools).
+
+  Its adaptive 6x6 average pool is the identity on the 6x6 maps of a 224 px input.
+  """
+  return Arch(
+      name="alexnet_torchvision", image_size=224, num_classes=1000, dropout=0.5,
+      convs=(
+          ConvSpec(1, 64, kernel=11, stride=4, padding=_pad(2), pool=_POOL),
+          ConvSpec(2, 192, kernel=5, stride=1, padding=_pad(2), pool=_POOL),
+          ConvSpec(3, 384, kernel=3, stride=1, padding=_pad(1)),
+          ConvSpec(4, 256, kernel=3, stride=1, padding=_pad(1)),
+          ConvSpec(5, 256, kernel=3, stride=1, padding=_pad(1), pool=_POOL),
+      ),
+      fcs=(FCSpec(6, 4096), FCSpec(7, 4096)),
+  )
+
+
 _PRESETS = {
     "zfnet": _zfnet,
     "alexnet": _alexnet,
@@ -262,6 +305,10 @@ _PRESETS = {
     "zfnet_tiny": lambda: _small("zfnet_tiny", features=(8, 12, 16, 16, 12), fc=32, size=32),
     "alexnet_tiny": lambda: _alexnet_small("alexnet_tiny", features=(8, 12, 16, 16, 12),
                                            fc=32, size=32),
+    # Exact twins of published ImageNet models, for their weights (experiments.import_weights).
+    "zfnet_pytorchcv": lambda: _pytorchcv("zfnet_pytorchcv", (96, 256, 384, 384, 256)),
+    "zfnet_wide_pytorchcv": lambda: _pytorchcv("zfnet_wide_pytorchcv", (96, 256, 512, 1024, 512)),
+    "alexnet_torchvision": _alexnet_torchvision,
 }
 
 

@@ -29,7 +29,8 @@ INPUT_SCALE = 64.0  # Std of mean-subtracted pixels in [-128, 128] (Section 3), 
 class Trace:
   """What the forward pass leaves for the deconvnet (Section 2.1).
 
-  activations[l]: conv layer l's output after relu and max pool, before LRN.
+  activations[l]: conv layer l's output after relu and max pool, before LRN (after it
+    in a layer whose LRN comes before the pool, `ConvSpec.norm_before_pool`).
   switches[l]: that layer's pooling `Switches` (only for layers that pool).
   images: the input, so that a Trace alone can be projected and cropped.
   """
@@ -89,13 +90,17 @@ class ConvLayerOut(NamedTuple):
 
   conv: the conv output z, before the relu.
   rectified: relu(z).
-  pooled: after the max pool (`rectified` itself without one): the maps the
+  pool_input: what the max pool reads: `rectified`, or its LRN in a layer with
+    `norm_before_pool`.
+  pooled: after the max pool (`pool_input` itself without one): the maps the
     deconvnet starts from (`Trace.activations`).
   switches: the pool's `Switches`, None without a pool.
-  output: after the LRN (`pooled` itself without one): the next layer's input.
+  output: after the LRN (`pooled` itself without one, or when the LRN came
+    before the pool): the next layer's input.
   """
   conv: jax.Array
   rectified: jax.Array
+  pool_input: jax.Array
   pooled: jax.Array
   switches: layers.Switches | None
   output: jax.Array
@@ -130,18 +135,22 @@ class FullyConnectedOut(NamedTuple):
 def conv_layer(params: Params, x: jax.Array, c) -> ConvLayerOut:
   """One conv layer of Fig. 3 (Section 2), conv -> relu -> [max pool] -> [LRN], on NHWC `x`.
 
-  `c` is the layer's `ConvSpec`. Returns every stage, see `ConvLayerOut`.
+  `c` is the layer's `ConvSpec`; with `c.norm_before_pool` the LRN comes
+  before the pool. Returns every stage, see `ConvLayerOut`.
   """
   p = params[f"conv{c.layer}"]
   z = layers.conv2d(x, p["w"], p["b"], c.stride, c.padding)
   r = layers.relu(z)
-  pooled, switches = r, None
+  lrn = None if c.norm is None else functools.partial(
+      layers.lrn, size=c.norm.size, alpha=c.norm.alpha, beta=c.norm.beta, k=c.norm.k)
+  before = lrn is not None and c.norm_before_pool
+  pool_input = lrn(r) if before else r
+  pooled, switches = pool_input, None
   if c.pool is not None:
-    pooled, switches = layers.max_pool(r, c.pool.window, c.pool.stride, c.pool.padding)
-  out = pooled
-  if c.norm is not None:
-    out = layers.lrn(pooled, c.norm.size, c.norm.alpha, c.norm.beta, c.norm.k)
-  return ConvLayerOut(conv=z, rectified=r, pooled=pooled, switches=switches, output=out)
+    pooled, switches = layers.max_pool(pool_input, c.pool.window, c.pool.stride, c.pool.padding)
+  out = lrn(pooled) if lrn is not None and not before else pooled
+  return ConvLayerOut(conv=z, rectified=r, pool_input=pool_input, pooled=pooled,
+                      switches=switches, output=out)
 
 
 def conv_stack(params: Params, images: jax.Array, arch: Arch, top: int | None = None

@@ -169,8 +169,10 @@ def _forward_from_window(params, arch: Arch, occluded, clean, plan, rows, cols):
     r0, c0 = rows[l][0], cols[l][0]
     span = (n - 1) * c.stride + c.kernel
     window = _cut(_pad(x, c.padding), r0 * c.stride, c0 * c.stride, (span, span))
-    r = _paste(clean[l].rectified, layers.relu(layers.conv2d(window, p["w"], p["b"], c.stride,
-                                                      ((0, 0), (0, 0)))), r0, c0)
+    r = layers.relu(layers.conv2d(window, p["w"], p["b"], c.stride, ((0, 0), (0, 0))))
+    if c.norm is not None and c.norm_before_pool:  # Across channels only: exact on a window.
+      r = layers.lrn(r, c.norm.size, c.norm.alpha, c.norm.beta, c.norm.k)
+    r = _paste(clean[l].pool_input, r, r0, c0)
     if pool is None:
       m, pooled = n, r
     else:
@@ -182,7 +184,7 @@ def _forward_from_window(params, arch: Arch, occluded, clean, plan, rows, cols):
       pooled = _paste(clean[l].pooled, layers.max_pool(window, c.pool.window, c.pool.stride,
                                                    ((0, 0), (0, 0)))[0], r0, c0)
     x = pooled
-    if c.norm is not None:
+    if c.norm is not None and not c.norm_before_pool:
       x = _paste(clean[l].output, layers.lrn(_cut(pooled, r0, c0, (m, m)), c.norm.size,
                                          c.norm.alpha, c.norm.beta, c.norm.k), r0, c0)
   top = pooled if plan else None
