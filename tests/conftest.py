@@ -29,6 +29,11 @@ import time
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), FAST_COMPILE]))
 
+try:  # The compare extra's torchvision crashes (segfault) when imported after TensorFlow.
+  import torchvision  # noqa: F401  pylint: disable=unused-import
+except ImportError:
+  pass
+
 import pytest
 import tensorflow_datasets as tfds
 

@@ -169,9 +169,14 @@ def compute_mean_image(cfg: InputConfig, *, split: str | None = None,
 
 def load_or_compute_mean_image(cfg: InputConfig, *, split: str | None = None,
                                max_examples: int | None = None) -> np.ndarray:
-  """The cached mean image at `mean_image_path`, computed and written if absent."""
-  path = mean_image_path(cfg, split, max_examples)
+  """The cached mean image at `mean_image_path`, computed and written if absent.
+
+  With `cfg.mean_rgb`, that constant colour instead (nothing is read or cached).
+  """
   shape = (cfg.resize_size, cfg.resize_size, 3)
+  if cfg.mean_rgb:
+    return np.broadcast_to(np.asarray(cfg.mean_rgb, np.float32), shape).copy()
+  path = mean_image_path(cfg, split, max_examples)
   if os.path.exists(path):
     mean = np.load(path)
     if mean.shape != shape:

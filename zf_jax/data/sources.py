@@ -69,9 +69,15 @@ class InputConfig:
   classes: tuple[int, ...] = ()
   include_ids: str | None = None
   exclude_ids: str | None = None
+  # A constant per-channel mean (0..255) subtracted instead of the training split's mean
+  # image: the ImageNet mean of weights imported from torchvision or pytorchcv.
+  mean_rgb: tuple[float, ...] = ()
 
   def __post_init__(self):
     _check_choice("train_crops", self.train_crops, TRAIN_CROPS)
+    if self.mean_rgb and (len(self.mean_rgb) != 3
+                          or not all(0 <= v <= 255 for v in self.mean_rgb)):
+      raise ValueError(f"mean_rgb must be 3 values in 0..255 (R, G, B), got {list(self.mean_rgb)}")
     if len(set(self.classes)) != len(self.classes) or any(c < 0 for c in self.classes):
       raise ValueError(f"classes must be distinct labels >= 0, got {list(self.classes)}")
     if not 0 < self.image_size <= self.resize_size:

@@ -173,7 +173,10 @@ def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
   if not workdirs:
     raise ValueError("fig6_filters needs at least one run workdir")
   runs = [Workdir(w).open() for w in workdirs]
-  grey = [input_pipeline.split_info(r.input_config()).grayscale for r in runs]
+  # A run with a constant mean colour (imported ImageNet weights) is in colour; asking its
+  # dataset would need ImageNet on this machine.
+  grey = [not r.config.mean_rgb and input_pipeline.split_info(r.input_config()).grayscale
+          for r in runs]
   labels = list(labels or [f"{r.arch.name} ({os.path.basename(r.workdir)}, step {r.step})"
                            + (", channel mean" if g else "") for r, g in zip(runs, grey)])
   panels = []

@@ -58,6 +58,10 @@ class RunConfig:
   exclude_ids: str | None = option(
       None, "File of record ids, one per line, left out of training: e.g. the images that "
       "experiments.dedup found in a transfer dataset, Section 5.2.")
+  mean_rgb: tuple[float, ...] = option(
+      (), "Subtract this constant R,G,B mean (0..255) instead of the training split's mean "
+      "image (Section 3), e.g. 123.675,116.28,103.53: ImageNet's, as the weights that "
+      "experiments.import_weights reads were trained with.")
   resize_size: int | None = option(
       None, "Smaller side before cropping (default: 256/224 of the arch's input, Section 3).")
   train_crops: str = option("ten", "ten: the paper's 10 fixed crops; random: random crops and "

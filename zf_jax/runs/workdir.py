@@ -90,7 +90,8 @@ def input_config(cfg: RunConfig, image_size: int, batch_size: int) -> input_pipe
       eval_split=cfg.eval_split, image_size=image_size, resize_size=resize,
       global_batch_size=batch_size, train_crops=cfg.train_crops, seed=cfg.seed,
       shuffle_buffer=cfg.shuffle_buffer, mean_max_examples=cfg.mean_max_examples,
-      classes=cfg.classes, include_ids=cfg.include_ids, exclude_ids=cfg.exclude_ids)
+      classes=cfg.classes, include_ids=cfg.include_ids, exclude_ids=cfg.exclude_ids,
+      mean_rgb=cfg.mean_rgb)
 
 
 def make_mesh() -> jax.sharding.Mesh:
