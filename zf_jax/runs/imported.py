@@ -67,12 +67,13 @@ def _pytorchcv_keys() -> dict[str, str]:
   return keys
 
 
-_PYTORCHCV_URL = "https://github.com/osmr/imgclsmob/releases (pytorchcv's model store)"
+# pytorchcv's model store (pytorchcv/models/common/model_store.py): a zip holding the .pth.
+_PYTORCHCV_URL = "https://github.com/osmr/imgclsmob/releases/download/"
 SOURCES = {
     "pytorchcv:zfnet": Source("pytorchcv:zfnet", "zfnet_pytorchcv", _pytorchcv_keys(),
-                              _PYTORCHCV_URL),
+                              _PYTORCHCV_URL + "v0.0.395/zfnet-1727-d010ddca.pth.zip"),
     "pytorchcv:zfnetb": Source("pytorchcv:zfnetb", "zfnet_wide_pytorchcv", _pytorchcv_keys(),
-                               _PYTORCHCV_URL),
+                               _PYTORCHCV_URL + "v0.0.400/zfnetb-1490-f6bec24e.pth.zip"),
     "torchvision:alexnet": Source(
         "torchvision:alexnet", "alexnet_torchvision",
         {"conv1": "features.0", "conv2": "features.3", "conv3": "features.6",
