@@ -14,6 +14,7 @@ from safetensors.numpy import save_file
 
 from tests.conftest import run_module
 from zf_jax import layers, model
+from zf_jax.report import multi
 from zf_jax.runs import imported
 from zf_jax.runs.workdir import Workdir
 
@@ -98,6 +99,8 @@ def test_the_binary_writes_a_run_every_reader_opens(zfnet_file, zfnet_run):
   mean = run.input_config()
   assert mean.mean_rgb == run.config.mean_rgb
   assert "Imported weights" in open(f"{workdir}/report.html", encoding="utf-8").read()
+  page = open(multi.write([workdir], f"{workdir}_report"), encoding="utf-8").read()
+  assert "imported weights (pytorchcv:zfnet)" in page and "not evaluated here" in page
   with pytest.raises(ValueError, match="is not empty; import into a new folder"):
     imported.import_weights("pytorchcv:zfnet", path, workdir)
   assert Workdir(workdir).steps() == [0]

@@ -19,7 +19,7 @@ import shutil
 import pytest
 from conftest import run_module
 
-from zf_jax.report import figures, multi, page, tables
+from zf_jax.report import figures, multi, page, provenance, tables
 from zf_jax.runs.config import RunConfig
 from zf_jax.runs.workdir import Workdir
 from zf_jax.train import TrainConfig
@@ -185,9 +185,9 @@ def test_configuration_accuracy_and_versions_are_shown(workdirs, report):
                "numpy"):
     assert f"<td>{name}</td><td>{importlib.metadata.version(name)}</td>" in versions, name
   assert f"<td>python</td><td>{platform.python_version()}</td>" in versions
-  if multi.git_commit(os.path.dirname(multi.__file__)):
+  if provenance.git_commit(os.path.dirname(multi.__file__)):
     assert re.search(r"<td>zf_jax git commit</td><td>[0-9a-f]{40}", versions)
-  assert multi.git_commit(str(workdirs[2])) is None  # Not a repository: skipped.
+  assert provenance.git_commit(str(workdirs[2])) is None  # Not a repository: skipped.
 
 
 def test_sections_follow_the_paper_and_runs_the_command_line(report):

@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import importlib.metadata
 import json
 import os
-import platform
 import re
 import shutil
-import subprocess
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from zf_jax.files import atomic_write
 from zf_jax.report import page
+from zf_jax.report.provenance import versions
 from zf_jax.report.tables import TABLES_DIR
 
 if TYPE_CHECKING:
@@ -38,8 +36,6 @@ FILES_DIR = "report_files"
 # zf_jax.runs.workdir.CONFIG_FILE: that module (and the run config's) loads JAX and
 # TensorFlow (~10 s), imported only once the request is known to be good (see `_runs`).
 CONFIG_FILE = "config.json"
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
-            "numpy")
 CROP_NAMES = {"center": "centre crop", "ten": "10 crops"}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".svg", ".gif")
 # Folders of a workdir that hold no nested training run (skipped when looking for them).
@@ -284,42 +280,6 @@ def accuracy_items(summary: dict[str, Any] | None) -> dict[str, str]:
   return items
 
 
-def versions(repo: str | None = None) -> dict[str, str]:
-  """Python's, the libraries' (`PACKAGES`) and zf_jax's versions; what is missing is skipped.
-
-  Args:
-    repo: where to ask git for zf_jax's commit (default: the folder of the package).
-  """
-  out = {"python": platform.python_version()}
-  for name in PACKAGES:
-    try:
-      out[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      continue
-  try:
-    out["zf_jax"] = importlib.metadata.version("zf_jax")
-  except importlib.metadata.PackageNotFoundError:
-    pass
-  commit = git_commit(repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  if commit:
-    out["zf_jax git commit"] = commit
-  return out
-
-
-def git_commit(folder: str) -> str | None:
-  """The git commit of the repository holding `folder` ("+ local changes" when its tracked
-  files differ from it), or None without git or a repository."""
-  def git(*args):
-    return subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True,
-                          timeout=20, check=True).stdout.strip()
-  try:
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-  except (OSError, subprocess.SubprocessError):
-    return None
-  return f"{commit} (+ local changes)" if dirty else commit
-
-
 def _left_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
                 raw: bool = False) -> str:
   """A table of text, every column left-aligned (cells escaped unless `raw`: HTML already)."""
@@ -345,7 +305,14 @@ def _short(title: str, limit: int = 100) -> str:
   return head if len(head) <= limit else head[:limit - 1].rstrip() + "…"
 
 
+def _imported(run: RunPage) -> str | None:
+  """The source of an imported run's weights (experiments.import_weights), else None."""
+  return ((run.raw_config or {}).get("imported") or {}).get("source")
+
+
 def _kind(run: RunPage) -> str:
+  if _imported(run):
+    return f"imported weights ({_imported(run)})"
   if run.config is not None:
     return "training run"
   return f"experiment folder, {len(run.nested)} training runs inside" if run.nested else (
@@ -361,6 +328,8 @@ def _status(run: RunPage) -> str:
     return next(iter(acc.values()))
   if run.summary is not None:
     return f"finished at step {run.summary.get('step')}, no final evaluation"
+  if _imported(run):
+    return "not evaluated here (python -m experiments.evaluate)"
   return (f"no summary.json yet (last logged step {run.last_step})" if run.last_step is not None
           else "no summary.json yet")
 

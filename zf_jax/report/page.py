@@ -23,7 +23,7 @@ SECTIONS_DIR = os.path.join("report", "sections")
 REPORT_FILE = "report.html"
 # Sections appear in the paper's order; others after them, by key. A key "<known>_<more>"
 # (e.g. "fig9_layer1") goes with its known one.
-ORDER = ("training", "fig6", "fig2", "fig7", "fig4", "fig5", "table1", "table2", "table3",
+ORDER = ("imported", "training", "fig6", "fig2", "fig7", "fig4", "fig5", "table1", "table2", "table3",
          "table4", "fig9", "table5", "table6", "table7")
 # The paper's section behind each known key (cited where a page shows its numbers).
 PAPER_SECTIONS = {"training": "3", "fig2": "4", "fig4": "4", "fig5": "4", "fig6": "4.1",
