@@ -3,7 +3,7 @@
 Training ZFNet on ImageNet takes days; pytorchcv and torchvision publish
 ImageNet-trained weights of the paper's model and its baseline:
 
-  pytorchcv:zfnet        Fig. 3's ZFNet (their reported top-1 / top-5 error 39.2 / 16.8 %)
+  pytorchcv:zfnet        Fig. 3's ZFNet
   pytorchcv:zfnetb       the wide variant of Table 2 (b): 512, 1024, 512 maps in layers 3-5
   torchvision:alexnet    the single-GPU AlexNet (64-192-384-256-256 maps, no LRN)
 
