@@ -165,14 +165,9 @@ def filters_figure(sources: Sequence[source.Source]) -> Figure:
   Each filter is stretched to its own range; on grey datasets the mean of
   its channels (the part the data meets), as `visualize.fig6_filters` shows them.
   """
-  panels, titles = [], []
-  for src in sources:
-    w = np.moveaxis(np.asarray(src.params[f"conv{src.arch.convs[0].layer}"]["w"]), -1, 0)
-    tiles = figures.minmax_to_unit(figures.channel_mean(w) if src.grayscale else w)
-    if tiles.shape[1] < 8:  # Upscaled so that the 1 px gaps stay thin.
-      tiles = np.kron(tiles, np.ones((1, 4, 4, 1), np.float32))
-    panels.append(figures.montage(tiles, int(math.ceil(math.sqrt(len(tiles)))), pad=2))
-    titles.append(f"step {src.run.step}" + (" (initialisation)" if src.run.step == 0 else ""))
+  panels = [visualize.filter_panel(src.params, src.arch, src.grayscale) for src in sources]
+  titles = [f"step {src.run.step}" + (" (initialisation)" if src.run.step == 0 else "")
+            for src in sources]
   return figures.image_rows([panels], [titles], cell=3.0, fontsize=8)
 
 

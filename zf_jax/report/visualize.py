@@ -160,6 +160,20 @@ def fig2(src: source.Source, *, layers: Sequence[int] | None = None, maps_per_la
   return paths
 
 
+def filter_panel(params, arch, grayscale: bool) -> np.ndarray:
+  """Fig. 6's panel (Section 4.1): the first layer's filters in a square montage.
+
+  Each filter (one output map: kh x kw x 3 weights) is stretched min..max on
+  its own; on grey data the mean of its channels (`figures.channel_mean`).
+  Small filters are upscaled 4x so that the 2 px gaps stay thin.
+  """
+  w = np.moveaxis(np.asarray(params[f"conv{arch.convs[0].layer}"]["w"]), -1, 0)
+  tiles = figures.minmax_to_unit(figures.channel_mean(w) if grayscale else w)
+  if tiles.shape[1] < 8:
+    tiles = np.kron(tiles, np.ones((1, 4, 4, 1), np.float32))
+  return figures.montage(tiles, int(math.ceil(math.sqrt(len(tiles)))), pad=2)
+
+
 def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
                  out: str | None = None) -> str:
   """Fig. 6 (Section 4.1): layer-1 filters of one or more runs, one panel each.
@@ -179,13 +193,7 @@ def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
           for r in runs]
   labels = list(labels or [f"{r.arch.name} ({os.path.basename(r.workdir)}, step {r.step})"
                            + (", channel mean" if g else "") for r, g in zip(runs, grey)])
-  panels = []
-  for run, grayscale in zip(runs, grey):
-    w = np.moveaxis(np.asarray(run.params[f"conv{run.arch.convs[0].layer}"]["w"]), -1, 0)
-    tiles = figures.minmax_to_unit(figures.channel_mean(w) if grayscale else w)
-    cols = int(math.ceil(math.sqrt(len(tiles))))
-    panels.append(figures.montage(np.kron(tiles, np.ones((1, 4, 4, 1), np.float32))
-                                  if tiles.shape[1] < 8 else tiles, cols, pad=2))
+  panels = [filter_panel(run.params, run.arch, grayscale) for run, grayscale in zip(runs, grey)]
   fig = figures.image_rows([panels], [labels], cell=4.0, fontsize=9)
   fig.suptitle("Layer-1 filters (each stretched to its own range)", fontsize=10)
   out = out or runs[0].workdir
