@@ -40,24 +40,18 @@ FLAGS = flags.FLAGS
 def main(_):
   wd = imported.import_weights(FLAGS.source, FLAGS.file, FLAGS.workdir, dataset=FLAGS.dataset,
                                data_dir=FLAGS.data_dir)
-  cfg, facts = wd.read_config()
-  arch = wd.arch()
+  cfg, _ = wd.read_config()
+  arch, info = wd.arch(), imported.imported_from(wd.path)
   page.add_section(wd.path, "imported", "Imported weights", items={
-      "source": FLAGS.source, "architecture": f"{arch.name} (zf_jax.arch)",
-      "classes": arch.num_classes, "file": facts_file(wd), "input": (
+      "source": f"{info['source']} ({info['published']})",
+      "architecture": f"{arch.name} (zf_jax.arch)", "classes": arch.num_classes,
+      "file": f"{info['file']} (sha256 {info['sha256'][:16]}...)", "input": (
           f"pixels minus the mean colour {', '.join(map(str, cfg.mean_rgb))}; smaller side "
           f"{cfg.resize_size}, centre crop {arch.image_size}")})
   print(f"imported {FLAGS.source} ({arch.name}, {arch.num_classes} classes) into {wd.path}\n"
         f"look inside: python -m experiments.fig6_filters --workdir={wd.path}\n"
         f"             python -m experiments.fig2_top9 --workdir={wd.path} "
         f"--dataset=folder:<a folder of class folders of images>")
-
-
-def facts_file(wd) -> str:
-  import json  # pylint: disable=g-import-not-at-top
-  with open(wd.file("config.json"), encoding="utf-8") as f:
-    info = json.load(f)["imported"]
-  return f"{info['file']} (sha256 {info['sha256'][:16]}...)"
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import zipfile
 from collections.abc import Mapping
@@ -251,6 +252,16 @@ def _sha256(path: str) -> str:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
+
+
+def imported_from(workdir: str) -> dict | None:
+  """What `import_weights` recorded in the workdir's config.json (source, file, sha256,
+  where the weights are published), or None for a run that was trained."""
+  path = workdir_lib.Workdir(workdir).file(workdir_lib.CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f).get("imported")
 
 
 def import_weights(name: str, path: str, workdir: str, *, dataset: str = "imagenet2012",
