@@ -22,8 +22,8 @@ import time
 from absl import flags
 
 from experiments import cli
-from zf_jax.report import run_report
-from zf_jax.runs import config, evaluation, trainer
+from zf_jax.report import run_report, tables
+from zf_jax.runs import config, trainer
 
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, figures).",
                     required=True)
@@ -33,7 +33,7 @@ FLAGS = flags.FLAGS
 
 
 def _accuracy(summary) -> str:
-  return ", ".join(f"{100 * (1 - r['top1_error']):.2f}% ({evaluation.CROP_NAMES.get(c, c)})"
+  return ", ".join(f"{100 * (1 - r['top1_error']):.2f}% ({tables.CROP_NAMES.get(c, c)})"
                    for c, r in summary.get("eval", {}).items())
 
 

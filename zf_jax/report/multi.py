@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from zf_jax.files import atomic_write
-from zf_jax.report import page
+from zf_jax.report import page, tables
 from zf_jax.report.provenance import versions
 from zf_jax.report.tables import TABLES_DIR
 
@@ -36,7 +36,6 @@ FILES_DIR = "report_files"
 # zf_jax.runs.workdir.CONFIG_FILE: that module (and the run config's) loads JAX and
 # TensorFlow (~10 s), imported only once the request is known to be good (see `_runs`).
 CONFIG_FILE = "config.json"
-CROP_NAMES = {"center": "centre crop", "ten": "10 crops"}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".svg", ".gif")
 # Folders of a workdir that hold no nested training run (skipped when looking for them).
 _NOT_RUNS = {"checkpoints", "damaged_checkpoints", "tensorboard", page.FIGURES_DIR, TABLES_DIR,
@@ -275,7 +274,7 @@ def accuracy_items(summary: dict[str, Any] | None) -> dict[str, str]:
       continue
     top5 = f", top-5 {100 * (1 - r['top5_error']):.2f}%" if "top5_error" in r else ""
     count = f", {r['count']} images" if "count" in r else ""
-    items[f"final accuracy ({CROP_NAMES.get(crops, crops)}{count})"] = (
+    items[f"final accuracy ({tables.CROP_NAMES.get(crops, crops)}{count})"] = (
         f"top-1 {100 * (1 - r['top1_error']):.2f}%{top5}")
   return items
 
@@ -288,12 +287,6 @@ def _left_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
           + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
           + "".join("<tr>" + "".join(f"<td class='l'>{cell(c)}</td>" for c in r) + "</tr>"
                     for r in rows) + "</table></div>")
-
-
-def _items_table(items: dict[str, Any]) -> str:
-  return "<table class='items'>" + "".join(
-      f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-      for k, v in items.items()) + "</table>"
 
 
 def _short(title: str, limit: int = 100) -> str:
@@ -349,7 +342,7 @@ def _run_html(run: RunPage) -> list[str]:
       items["training time"] = f"{run.summary['train_seconds'] / 60:.1f} min"
     if not accuracy_items(run.summary):
       items["status"] = _status(run)
-  parts.append(_items_table(items) if items else "")
+  parts.append(page.items_table(items) if items else "")
   if run.config is not None:
     changes = config_changes(run.config)
     parts.append("<h4>Configuration: options that differ from the defaults (Section 3's "
@@ -399,7 +392,7 @@ def render(runs: Sequence[RunPage], title: str = "zf_jax report") -> str:
   for run in runs:
     body += _run_html(run)
   body.append("<h2 id='versions'>Library versions</h2><p>Of the environment that wrote this "
-              "page (the runs do not record theirs).</p>" + _items_table(versions()))
+              "page (the runs do not record theirs).</p>" + page.items_table(versions()))
   return page.document(title, body)
 
 

@@ -23,8 +23,8 @@ SECTIONS_DIR = os.path.join("report", "sections")
 REPORT_FILE = "report.html"
 # Sections appear in the paper's order; others after them, by key. A key "<known>_<more>"
 # (e.g. "fig9_layer1") goes with its known one.
-ORDER = ("imported", "training", "fig6", "fig2", "fig7", "fig4", "fig5", "table1", "table2", "table3",
-         "table4", "fig9", "table5", "table6", "table7")
+ORDER = ("imported", "training", "fig6", "fig2", "fig7", "fig4", "fig5", "table1", "table2",
+         "table3", "table4", "fig9", "table5", "table6", "table7")
 # The paper's section behind each known key (cited where a page shows its numbers).
 PAPER_SECTIONS = {"training": "3", "fig2": "4", "fig4": "4", "fig5": "4", "fig6": "4.1",
                   "fig7": "4.2", "table1": "4.3", "table2": "5.1", "table3": "5.1",
@@ -165,6 +165,13 @@ INTRO = ("<p>Zeiler &amp; Fergus, <i>Visualizing and Understanding Convolutional
          "(ECCV 2014), reproduced with zf_jax.</p>")
 
 
+def items_table(items: Mapping[str, Any]) -> str:
+  """`{name: value}` as a borderless two-column table, names in bold."""
+  return "<table class='items'>" + "".join(
+      f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+      for k, v in items.items()) + "</table>"
+
+
 def document(title: str, body: Sequence[str]) -> str:
   """A whole HTML page: `title` as its title and first heading, then `body` (HTML parts)."""
   return "\n".join(
@@ -194,9 +201,7 @@ def render_section(root: str | os.PathLike, section: Mapping[str, Any], *,
   parts = [f"<h{level} id='{html.escape(anchor or section['key'])}'>{html.escape(title)}"
            f"</h{level}>"]
   if section["items"]:
-    parts.append("<table class='items'>" + "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-        for k, v in section["items"].items()) + "</table>")
+    parts.append(items_table(section["items"]))
   for para in filter(None, (p.strip() for p in section["text"].split("\n\n"))):
     parts.append(f"<p>{html.escape(para)}</p>")
   known = known_key(section["key"])

@@ -15,9 +15,8 @@ from collections.abc import Callable
 import jax
 
 from zf_jax.analyses import source
-from zf_jax.report import figures, page
+from zf_jax.report import figures, page, tables
 from zf_jax.report.visualize import fig2, fig4, fig6_filters, fig7
-from zf_jax.runs import evaluation
 from zf_jax.runs.workdir import Workdir
 
 
@@ -36,7 +35,7 @@ def training_section(workdir: str) -> str:
     items["arch / dataset"] = f"{summary.get('arch')} / {summary.get('dataset')}"
     items["steps"] = summary.get("step")
     for crops, r in summary.get("eval", {}).items():
-      items[f"accuracy ({evaluation.CROP_NAMES.get(crops, crops)}, "
+      items[f"accuracy ({tables.CROP_NAMES.get(crops, crops)}, "
             f"{r['count']} images)"] = f"{100 * (1 - r['top1_error']):.2f}%"
     if "train_seconds" in summary:
       items["training time"] = f"{summary['train_seconds'] / 60:.1f} min"

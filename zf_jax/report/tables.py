@@ -17,6 +17,8 @@ from typing import Any
 from zf_jax.files import atomic_write
 
 TABLES_DIR = "tables"
+# How tables name the evaluation crop schemes (Section 3: the centre crop, or 10 crops).
+CROP_NAMES = {"center": "centre crop", "ten": "10 crops"}
 _NAME = re.compile(r"^[\w.-]+$")
 
 

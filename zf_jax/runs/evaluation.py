@@ -29,7 +29,6 @@ from zf_jax.runs import trainer
 from zf_jax.runs.config import RunConfig
 from zf_jax.runs.workdir import Workdir, make_mesh
 
-CROP_NAMES = {"center": "centre crop", "ten": "10 crops"}
 IMAGENET = "imagenet2012"
 
 # Table 2 verbatim: (model, Val Top-1, Val Top-5, Test Top-5), error in %; the
@@ -280,7 +279,7 @@ def table2(results: Mapping[str, Any], labels: Sequence[str] | None = None
     lines += [f"> **NOT ImageNet.** Our rows are **{dataset}**, not ImageNet 2012: the paper's "
               "numbers below are not comparable with them.", ""]
   lines += [f"## Ours: {dataset}, {split} split ({count} examples), error %", ""]
-  header = ["Model", "Step"] + [f"{s} Top-{k} ({CROP_NAMES[c]})" for c in crops for k in (1, 5)]
+  header = ["Model", "Step"] + [f"{s} Top-{k} ({tables.CROP_NAMES[c]})" for c in crops for k in (1, 5)]
   lines += tables.markdown_table(header, (
       [row["model"], row["step"] if row["kind"] == "run" else "–"]
       + [_pct(row["errors"][c][k]) for c in crops for k in ("top1", "top5")] for row in ours))

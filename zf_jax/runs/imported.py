@@ -32,14 +32,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import zipfile
 from collections.abc import Mapping
 
 import jax
 import numpy as np
 
 from zf_jax import arch as arch_lib
-from zf_jax import train
+from zf_jax import model, train
 from zf_jax.runs import workdir as workdir_lib
 from zf_jax.runs.config import RunConfig
 
@@ -96,18 +95,12 @@ def expected_shapes(src: Source | str, num_classes: int = 1000) -> dict[str, tup
   """{tensor name: shape} of the source's state dict (torch layouts: OIHW, (out, in))."""
   src = source(src) if isinstance(src, str) else src
   arch = arch_lib.with_classes(arch_lib.get(src.arch), num_classes)
-  shapes, cin = {}, 3
-  for c in arch.convs:
-    shapes[f"conv{c.layer}"] = ((c.features, cin, c.kernel, c.kernel), (c.features,))
-    cin = c.features
-  fin = arch_lib.flat_features(arch)
-  for f in arch.fcs:
-    shapes[f"fc{f.layer}"] = ((f.features, fin), (f.features,))
-    fin = f.features
-  shapes["fc8"] = ((arch.num_classes, fin), (arch.num_classes,))
+  ours = jax.eval_shape(lambda: model.init(jax.random.key(0), arch))  # HWIO, (in, out)
   out = {}
   for layer, prefix in src.keys.items():
-    out[f"{prefix}.weight"], out[f"{prefix}.bias"] = shapes[layer]
+    w = ours[layer]["w"].shape
+    out[f"{prefix}.weight"] = (w[3], w[2], w[0], w[1]) if len(w) == 4 else (w[1], w[0])
+    out[f"{prefix}.bias"] = ours[layer]["b"].shape
   return out
 
 
@@ -128,6 +121,13 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
   if ext not in FORMATS:
     raise ValueError(f"weights file {path} has extension {ext or '(none)'!r}; "
                      f"allowed: {', '.join(FORMATS)}")
+  if ext in (".pth", ".pt"):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ValueError(f"reading {path} needs torch (pip install torch, CPU build: see "
+                       "BUILD.md), or convert it to .safetensors first (BUILD.md says how)"
+                       ) from None
   try:
     if ext == ".safetensors":
       from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
@@ -135,19 +135,8 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
     if ext == ".npz":
       with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      raise ValueError(f"reading {path} needs torch (pip install torch, CPU build: see "
-                       "BUILD.md), or convert it to .safetensors first (BUILD.md says how)"
-                       ) from None
     state = torch.load(path, map_location="cpu", weights_only=True)
-  except (OSError, zipfile.BadZipFile, RuntimeError) as e:
-    if isinstance(e, FileNotFoundError):
-      raise
-    raise ValueError(f"cannot read weights file {path}: "
-                     f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
-  except Exception as e:  # pylint: disable=broad-except  # safetensors' / torch's own errors.
+  except Exception as e:  # pylint: disable=broad-except  # Each reader has errors of its own.
     raise ValueError(f"cannot read weights file {path}: {type(e).__name__}: "
                      f"{(str(e).splitlines() or [''])[0][:200]}") from None
   if not isinstance(state, Mapping) or not all(hasattr(v, "numpy") for v in state.values()):
