@@ -10,13 +10,17 @@ The paper's sections are the map:
   Section 3, training:
     train     the recipe as pure, jit-compiled steps (TrainConfig, RMS renormalisation)
     data/     tfds sources, the embedded Fashion-MNIST, crops, flips, the mean image
-    runs/     a run: its configuration (flags), workdir, checkpoints, trainer, Table 2
+    runs/     a run: its configuration (flags), workdir, checkpoints, trainer, Table 2,
+              published ImageNet weights imported as a run (imported)
   Section 4, looking inside:
     occlusion Fig. 7's occlusion maps
     analyses/ Fig. 2's top activations, Fig. 5's invariance, Table 1's correspondence
-    report/   figures (PNG), tables (Markdown + JSON) and the report page of a run
+    report/   figures (PNG), tables (Markdown + JSON), the report page of a run, and one
+              page for several runs (multi)
+    explore   the helpers of notebooks/explore.ipynb
   Section 5, whole trained networks:
-    section5/ Table 3's architecture ablations (ablation)
+    section5/ Table 3's architecture ablations (ablation); Tables 4-7 and Fig. 9's transfer
+              (features, folds, classifiers, transfer) and the overlap check (dedup)
   Shared: options (configuration fields with their help), files (atomic writes),
   chunks (fixed-size chunks, one compiled shape).
 """
