@@ -21,6 +21,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 # The tests' time goes mostly to compiling (tiny models, few steps): XLA's
@@ -28,6 +29,15 @@ import time
 # ~10% slower. Set before JAX starts its backend, for this process and children.
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), FAST_COMPILE]))
+
+# Many tests run the same binary on the same tiny model several times (uninterrupted, killed,
+# rerun), each in a fresh process that would compile the same steps again: JAX's persistent
+# compilation cache, one folder per pytest session (made by the first process, inherited by
+# the xdist workers and every child), lets the later ones load them instead.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="zf_jax_test_xla_cache_")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 try:  # The compare extra's torchvision crashes (segfault) when imported after TensorFlow.
   import torchvision  # noqa: F401  pylint: disable=unused-import
@@ -251,6 +261,8 @@ def pytest_sessionfinish(session):
     if proc.poll() is None:
       proc.kill()
     proc.wait()
+  if _OWN_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session", name="fashion_data_dir")
