@@ -238,6 +238,27 @@ def test_bad_recipe_values_are_one_line_errors():
     train.TrainConfig(learning_rate=-1.0)
   with pytest.raises(ValueError, match="first_layer_lr_scale must be > 0, got 0.0"):
     train.TrainConfig(first_layer_lr_scale=0.0)
+  with pytest.raises(ValueError, match="conv_init_scale must be > 0, got -0.5"):
+    train.TrainConfig(conv_init_scale=-0.5)
+
+
+def test_conv_init_scale_multiplies_the_initial_weights_of_conv_layers_above_the_first():
+  key = jax.random.key(3)
+  base = train.TrainConfig(init_scheme="he", rms_radius=None)
+  plain = train.create_train_state(key, TINY, base).params
+  scaled = train.create_train_state(
+      key, TINY, dataclasses.replace(base, conv_init_scale=0.25)).params
+  assert set(plain) == set(scaled)
+  for name in plain:
+    factor = 0.25 if name.startswith("conv") and name != "conv1" else 1.0
+    np.testing.assert_allclose(scaled[name]["w"], factor * plain[name]["w"], rtol=1e-6,
+                               err_msg=name)
+    np.testing.assert_array_equal(scaled[name]["b"], plain[name]["b"])
+  # Scaled before the RMS renormalisation: filters are still clipped to the radius.
+  clipped = train.create_train_state(
+      key, TINY, dataclasses.replace(base, conv_init_scale=100.0, rms_radius=0.1)).params
+  rms = jnp.sqrt(jnp.mean(jnp.square(clipped["conv3"]["w"]), axis=(0, 1, 2)))
+  np.testing.assert_allclose(rms, 0.1, rtol=1e-5)
 
 
 def test_top5_error_counts_every_class_when_there_are_fewer_than_five():

@@ -84,6 +84,10 @@ class TrainConfig:
   first_layer_lr_scale: float = option(
       1.0, "Multiplies conv1's weight learning rate (not in the paper; 1/64^2 suits He init "
       "on [-128, 128] pixels).")
+  conv_init_scale: float = option(
+      1.0, "Multiplies the initial weights of conv layers 2 and up (not in the paper): below 1, "
+      "a short run moves them further from their random start, and the deconvnet projects "
+      "through learned filters rather than noise.")
   plateau_patience: int = option(2, "Evaluations without improvement before annealing.")
   plateau_min_delta: float = option(
       1e-3, "Absolute improvement of the validation error that counts (plateau rule).")
@@ -100,6 +104,8 @@ class TrainConfig:
       raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
     if self.warmup_steps < 0:
       raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+    if not self.conv_init_scale > 0:
+      raise ValueError(f"conv_init_scale must be > 0, got {self.conv_init_scale}")
     if not self.first_layer_lr_scale > 0:
       raise ValueError(f"first_layer_lr_scale must be > 0, got {self.first_layer_lr_scale}")
 
@@ -174,8 +180,19 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 def _scale_first_layer(updates, params, *, scale):
   """Multiplies the update of the first conv layer's weights by `scale`."""
   del params
-  first = min((name for name in updates if name.startswith("conv")), key=lambda n: int(n[4:]))
+  first = _first_conv(updates)
   return {**updates, first: {**updates[first], "w": updates[first]["w"] * scale}}
+
+
+def _first_conv(params) -> str:
+  return min((name for name in params if name.startswith("conv")), key=lambda n: int(n[4:]))
+
+
+def _scale_upper_convs(params, scale):
+  """Multiplies the weights of every conv layer but the first by `scale`."""
+  first = _first_conv(params)
+  return {name: {**p, "w": p["w"] * scale} if name.startswith("conv") and name != first else p
+          for name, p in params.items()}
 
 
 def make_plateau(config: TrainConfig) -> optax.GradientTransformationExtraArgs:
@@ -206,6 +223,8 @@ def create_train_state(rng: jax.Array, arch: Arch, config: TrainConfig,
 
   def init():
     params = model.init(init_key, arch, scheme=config.init_scheme)
+    if config.conv_init_scale != 1.0:
+      params = _scale_upper_convs(params, config.conv_init_scale)
     if config.rms_radius is not None:
       params = clip_filter_rms(params, config.rms_radius)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
