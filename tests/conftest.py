@@ -261,7 +261,7 @@ def pytest_sessionfinish(session):
     if proc.poll() is None:
       proc.kill()
     proc.wait()
-  if _OWN_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
+  if _OWN_CACHE:  # Only the process that made the folder (xdist workers inherit it).
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 

@@ -223,8 +223,7 @@ def create_train_state(rng: jax.Array, arch: Arch, config: TrainConfig,
 
   def init():
     params = model.init(init_key, arch, scheme=config.init_scheme)
-    if config.conv_init_scale != 1.0:
-      params = _scale_upper_convs(params, config.conv_init_scale)
+    params = _scale_upper_convs(params, config.conv_init_scale)  # x1.0 is exact: a no-op.
     if config.rms_radius is not None:
       params = clip_filter_rms(params, config.rms_radius)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
