@@ -5,10 +5,10 @@ fresh process from the repository root, as README's commands do.
 
 `fashion_data_dir`: a fresh tfds data_dir with Debian's Fashion-MNIST prepared
 (skips without the Debian files). `fashion_run`: a workdir holding a
-`zfnet_tiny` trained on it for 600 steps (~1 min on 2 CPU cores), good
-enough (~73% test accuracy) for the Section 4 analyses to show real effects,
-trained once per session: the first pytest-xdist worker that asks builds
-these two, the other waits for it and reuses them.
+`zfnet_tiny` trained on it for 600 steps (tests/fashion_run.py; ~50 s on 2 CPU
+cores), good enough (~73% test accuracy) for the Section 4 analyses to show
+real effects, trained once per session: under pytest-xdist the controller
+starts building these two at once, and workers that ask wait for it.
 
 `Child` / the `spawn` fixture: a binary in a subprocess whose output is
 readable while it runs (to interrupt it at a checkpoint: `wait_for_checkpoint`).
@@ -47,10 +47,8 @@ except ImportError:
 import pytest
 import tensorflow_datasets as tfds
 
+import fashion_run
 from zf_jax.data import datasets
-from zf_jax.runs import trainer
-from zf_jax.train import TrainConfig
-from zf_jax.runs.config import RunConfig
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
@@ -180,7 +178,7 @@ HAVE_DEBIAN_FILES = all(
     os.path.isfile(os.path.join(datasets.DEFAULT_DIR, name))
     for images, labels, _ in datasets.FILES.values() for name in (images, labels))
 
-FASHION_RUN_STEPS = 600
+FASHION_RUN_STEPS = fashion_run.STEPS
 
 
 def _once(root, name: str, build):
@@ -216,11 +214,11 @@ def build_shared(root) -> tuple[str, list]:
   """The session's Fashion-MNIST data_dir and trained run (see the fixtures below)."""
   data_dir = _once(root, "tfds_fashion", _prepare_fashion)
 
-  def train(folder):
+  def train(folder):  # In a child at XLA's default optimisation level: see fashion_run.py.
     workdir = os.path.join(folder, "run")
-    summary = trainer.train_and_evaluate(fashion_run_config(data_dir), workdir)
-    assert summary["status"] == "complete"
-    return [workdir, summary]
+    done = run_module("fashion_run", data_dir, workdir, env={"XLA_FLAGS": ""})
+    assert done.returncode == 0, f"the shared run failed:\n{_tail(done.stderr)}"
+    return [workdir, json.loads(done.stdout.strip().splitlines()[-1])]
 
   return data_dir, _once(root, "fashion_run", train)
 
@@ -272,18 +270,6 @@ def _fashion_data_dir(tmp_path_factory):
     pytest.skip(f"no Fashion-MNIST in {datasets.DEFAULT_DIR}: "
                 "sudo apt-get install dataset-fashion-mnist")
   return _once(_session_root(tmp_path_factory), "tfds_fashion", _prepare_fashion)
-
-
-def fashion_run_config(data_dir: str, **overrides) -> RunConfig:
-  """The small recipe of `fashion_run`: zfnet_tiny, He init, random crops and flips."""
-  # No dropout: its 32-unit fc layers would halve the accuracy of so short a run.
-  train = TrainConfig(batch_size=64, learning_rate=0.05, dropout=0.0, init_scheme="he",
-                      lr_schedule="constant", first_layer_lr_scale=1 / 64**2)
-  return RunConfig(**{
-      "arch": "zfnet_tiny", "dataset": datasets.EMBEDDED_DATASET, "data_dir": data_dir,
-      "train_crops": "random", "num_steps": FASHION_RUN_STEPS, "train": train,
-      "eval_every_epochs": 0, "final_eval_crops": ("center",), "log_every": 100,
-      "checkpoint_every": 10_000, "mean_max_examples": 10_000, **overrides})
 
 
 @pytest.fixture(scope="session", name="fashion_run")
