@@ -14,7 +14,7 @@ import re
 from absl import flags
 import pytest
 
-from conftest import REPO, run_module
+from conftest import REPO, run_module, run_python
 from experiments import cli
 from zf_jax.runs import config
 from zf_jax.runs.config import RunConfig
@@ -183,3 +183,23 @@ def test_imagenet_flagfiles_differ_only_in_the_arch():
     if name in defaults:
       flag = defaults[name]
       assert flag.parser.parse(value) != flag.default or name == "arch", l
+
+
+def test_no_module_imports_tensorflow_until_data_is_read():
+  """TensorFlow's import (~3 s of CPU) waits for the first read: a binary answers a bad flag
+  or `--help` without it. Its first use keeps it off the GPUs (sources.tensorflow). The
+  binaries import only zf_jax and experiments' cli / common (besides absl and the like)."""
+  code = """if True:
+    import importlib, pkgutil, sys
+    import zf_jax
+    for mod in pkgutil.walk_packages(zf_jax.__path__, "zf_jax."):
+      importlib.import_module(mod.name)
+    # The binaries define their flags at import (two cannot share a process): one of them.
+    from experiments import cli, common, train_imagenet
+    assert "tensorflow" not in sys.modules, "imported at start-up"
+    from zf_jax.data import input_pipeline
+    assert int(input_pipeline.tf.constant(3)) == 3 and "tensorflow" in sys.modules
+    assert input_pipeline.tensorflow().config.get_visible_devices("GPU") == []
+  """
+  done = run_python("-c", code)
+  assert done.returncode == 0, done.stderr[-3000:]

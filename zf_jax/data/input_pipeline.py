@@ -23,14 +23,13 @@ import re
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from zf_jax import files
 from zf_jax.data.sources import (  # noqa: F401  (the public names are this module's too)
     EVAL_CROPS, FOLDER_PREFIX, TRAIN_CROPS, DatasetInfo, InputConfig, SplitInfo, _builder,
     _check_choice, _count, _data_dir_root, _host_counts, _id_filter_suffix, _local_batch_size,
     _options, _processes, _read, _resolve_eval_split, _selective, _steps_per_epoch,
-    dataset_info, decode_rgb, read_ids, split_info, write_ids)
+    dataset_info, decode_rgb, read_ids, split_info, tensorflow, tf, write_ids)
 
 _MEAN_DIR = "zf_jax_mean"
 

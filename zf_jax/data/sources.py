@@ -13,6 +13,7 @@ zf_jax that imports tensorflow / tensorflow_datasets.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -24,23 +25,34 @@ import numpy as np
 # buy nothing.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tensorflow_datasets as tfds
-from tensorflow.python.util import deprecation  # pylint: disable=g-direct-tensorflow-import
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from zf_jax import files
+from zf_jax import files  # pylint: disable=g-import-not-at-top,wrong-import-position
 from zf_jax.data import datasets as _datasets  # noqa: F401  registers fashion_mnist_debian
 
 
-def _hide_gpus_from_tensorflow() -> None:
-  """Keeps TF off the accelerators so that all their memory is JAX's."""
+@functools.cache
+def tensorflow():
+  """TensorFlow, imported on the first call, and kept off the accelerators (all their
+  memory is JAX's). Importing it costs ~3 s of CPU, which a binary stopped by a bad
+  flag, `--help` or a missing run never needs (tfds imports it only when it reads)."""
+  import tensorflow as tf_module  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   try:
-    tf.config.set_visible_devices([], "GPU")
+    tf_module.config.set_visible_devices([], "GPU")
   except (RuntimeError, ValueError):  # TF already initialised its devices.
     pass
+  return tf_module
 
 
-_hide_gpus_from_tensorflow()
+class _TensorFlow:
+  """`tf.anything` is `tensorflow().anything`: this module and input_pipeline write `tf.`
+  as usual and import TensorFlow on its first use (see `tensorflow`)."""
+
+  def __getattr__(self, name: str):
+    return getattr(tensorflow(), name)
+
+
+tf = _TensorFlow()
 
 TRAIN_CROPS = ("ten", "random", "center")
 EVAL_CROPS = ("center", "ten")
@@ -279,6 +291,7 @@ def _read(builder, split, process_index: int = 0, process_count: int = 1,
                                             process_count=process_count)
     # tfds builds record ids with a deprecated tf.data op, whose warning would be a
     # binary's stderr's first lines (its errors must be one line).
+    from tensorflow.python.util import deprecation  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import,import-outside-toplevel
     with deprecation.silence():
       ds = builder.as_dataset(split=host_split, shuffle_files=False,
                               decoders=_decoders(builder),

@@ -55,8 +55,7 @@ class _Log:
     self._on = jax.process_index() == 0
     if not self._on:
       return
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top  # input_pipeline hid GPUs.
-    self._tf = tf
+    self._tf = tf = input_pipeline.tensorflow()  # Kept off the GPUs.
     self._file = open(wd.file(workdir_lib.METRICS_FILE), "a", encoding="utf-8")
     self._tb = tf.summary.create_file_writer(wd.file(workdir_lib.TENSORBOARD_DIR))
 
