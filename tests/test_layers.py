@@ -155,9 +155,10 @@ def test_conv_transpose_equals_the_derived_transpose_and_flipped_filters():
 
 # (x shape, w shape, stride, padding): strides 1-4, no padding (XLA's slow path
 # that conv2d avoids), uneven padding, rows the conv never reads, kernels
-# smaller than the stride, and few (< 16) or many input channels.
+# smaller than the stride, and the colours' 3 (layers._FEW_CHANNELS) or more input channels.
 _GEOMETRIES = [
     ((2, 23, 23, 3), (7, 7, 3, 4), 2, ((1, 1), (1, 1))),
+    ((2, 12, 12, 3), (5, 5, 3, 4), 1, ((2, 2), (2, 2))),
     ((2, 24, 24, 5), (5, 5, 5, 6), 2, ((0, 0), (0, 0))),
     ((2, 25, 25, 5), (5, 5, 5, 6), 2, ((0, 0), (0, 0))),
     ((2, 27, 27, 3), (11, 11, 3, 4), 4, ((2, 2), (2, 2))),
