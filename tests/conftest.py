@@ -5,7 +5,7 @@ fresh process from the repository root, as README's commands do.
 
 `fashion_data_dir`: a fresh tfds data_dir with Debian's Fashion-MNIST prepared
 (skips without the Debian files). `fashion_run`: a workdir holding a
-`zfnet_tiny` trained on it for 600 steps (tests/fashion_run.py; ~50 s on 2 CPU
+`zfnet_tiny` trained on it for 600 steps (tests/fashion_run.py; ~40 s on 2 CPU
 cores), good enough (~73% test accuracy) for the Section 4 analyses to show
 real effects, trained once per session: under pytest-xdist the controller
 starts building these two at once, and workers that ask wait for it.
