@@ -19,7 +19,7 @@ from zf_jax.train import TrainConfig
 STEPS = 600
 
 
-def config(data_dir: str, **overrides) -> RunConfig:
+def config(data_dir: str) -> RunConfig:
   """The small recipe: zfnet_tiny, He init, random crops and flips, SGD for STEPS steps."""
   # No dropout: its 32-unit fc layers would halve the accuracy of so short a run.
   train = TrainConfig(batch_size=64, learning_rate=0.05, dropout=0.0, init_scheme="he",
@@ -28,7 +28,7 @@ def config(data_dir: str, **overrides) -> RunConfig:
       "arch": "zfnet_tiny", "dataset": datasets.EMBEDDED_DATASET, "data_dir": data_dir,
       "train_crops": "random", "num_steps": STEPS, "train": train,
       "eval_every_epochs": 0, "final_eval_crops": ("center",), "log_every": 100,
-      "checkpoint_every": 10_000, "mean_max_examples": 10_000, **overrides})
+      "checkpoint_every": 10_000, "mean_max_examples": 10_000})
 
 
 def main(data_dir: str, workdir: str) -> None:

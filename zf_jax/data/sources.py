@@ -33,9 +33,8 @@ from zf_jax.data import datasets as _datasets  # noqa: F401  registers fashion_m
 
 @functools.cache
 def tensorflow():
-  """TensorFlow, imported on the first call, and kept off the accelerators (all their
-  memory is JAX's). Importing it costs ~3 s of CPU, which a binary stopped by a bad
-  flag, `--help` or a missing run never needs (tfds imports it only when it reads)."""
+  """TensorFlow, imported on the first call (~3 s of CPU that a binary stopped by a bad
+  flag or `--help` never pays) and kept off the accelerators: their memory is JAX's."""
   import tensorflow as tf_module  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   try:
     tf_module.config.set_visible_devices([], "GPU")
