@@ -51,7 +51,6 @@ except ImportError:
 import pytest
 import tensorflow_datasets as tfds
 
-import fashion_run
 from zf_jax.data import datasets
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -181,9 +180,6 @@ def wait_for_checkpoint(child: Child, ckpt_dir, min_step: int, timeout: float = 
 HAVE_DEBIAN_FILES = all(
     os.path.isfile(os.path.join(datasets.DEFAULT_DIR, name))
     for images, labels, _ in datasets.FILES.values() for name in (images, labels))
-
-FASHION_RUN_STEPS = fashion_run.STEPS
-
 
 def _once(root, name: str, build):
   """`build(folder)`'s JSON result, built once per pytest session under `root`.

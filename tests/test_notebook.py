@@ -11,7 +11,8 @@ import os
 import nbformat
 from nbclient import NotebookClient
 
-from conftest import FASHION_RUN_STEPS, REPO
+from conftest import REPO
+from fashion_run import STEPS as FASHION_RUN_STEPS
 from zf_jax import arch as arch_lib
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "explore.ipynb")
