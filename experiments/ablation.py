@@ -17,7 +17,10 @@ Table 3, one after another:
 Each variant trains in its own sub-workdir of --workdir named after it
 (e.g. runs/ablation/alexnet_small-remove3,4), a normal training run that
 resumes by itself and that every figure binary opens; finished rows are
-skipped, so a killed --all resumes where it stopped. Each row is evaluated
+skipped, so a killed --all resumes where it stopped; a row trained with
+another recipe (other --num_steps, rate, batch...) stops the binary with a
+line naming what differs, or with --overwrite is trained again (the table
+never mixes two recipes). Each row is evaluated
 with the centre crop and the 10 crops. After every row, and with
 --summarize alone, <workdir>/tables/table3.{md,json}, table3.png and the
 report page show our rows beside the paper's, pending rows marked.
@@ -43,6 +46,7 @@ flags.DEFINE_enum("base", None, list(ablation.BASES), "The model the edits apply
 flags.DEFINE_bool("all", False, "Train every row of the paper's Table 3 (both bases).")
 flags.DEFINE_list("rows", [], "Train these rows (1-12) of the paper's Table 3.")
 flags.DEFINE_bool("summarize", False, "Only assemble the table from the finished rows.")
+cli.define_overwrite("a row's sub-workdir that holds a run of another recipe")
 config.define_flags()
 
 FLAGS = flags.FLAGS
@@ -75,15 +79,17 @@ def main(_):
   if FLAGS.summarize:
     if FLAGS.all or FLAGS.rows:
       raise ValueError("--summarize only assembles the table; drop --all / --rows")
-    md, _, report = ablation.write_table3(root, cfg)  # Refuses an --arch that is no base.
+    # Refuses an --arch that is no base.
+    md, _, report = ablation.write_table3(root, trainer.resolve(cfg).config)
     print(f"table: {md}\nreport: {report}")
     return
   todo = plan(cfg)
+  recipe = trainer.resolve(todo[0]).config  # The rows differ in their edits only.
   for i, row_cfg in enumerate(todo, 1):
     name = ablation.variant(row_cfg)
     wd = os.path.join(root, name)
     done = ablation.read_rows(root).get(name)
-    if done is not None:
+    if done is not None and not ablation.recipe_differences(done, recipe):
       print(f"[{i}/{len(todo)}] {name}: finished ({done['center']['val_top1']:.2f}% val "
             "top-1 error), skipped")
       continue
@@ -91,7 +97,7 @@ def main(_):
     where = f"Table 3 row {paper}" if paper else "not a row of the paper's Table 3"
     print(f"[{i}/{len(todo)}] {name} ({where}) -> {wd}", flush=True)
     try:
-      summary = trainer.train_and_evaluate(row_cfg, wd)
+      summary = trainer.train_and_evaluate(row_cfg, wd, overwrite=FLAGS.overwrite)
     except trainer.NonFiniteLossError as e:
       cli.fail(f"{name}: {e}", status=1)
     if summary["status"] != "complete":
@@ -100,10 +106,10 @@ def main(_):
       return
     if jax.process_index() == 0:
       ablation.write_row(wd)
-      md, _, _ = ablation.write_table3(root, cfg)
+      md, _, _ = ablation.write_table3(root, recipe)
       print(f"[{i}/{len(todo)}] {name}: row written; table: {md}", flush=True)
   if jax.process_index() == 0:
-    md, _, report = ablation.write_table3(root, cfg)
+    md, _, report = ablation.write_table3(root, recipe)
     print(f"table: {md}\nreport: {report}")
 
 

@@ -40,6 +40,14 @@ def fail(message: str, status: int = 2):
   sys.exit(status)
 
 
+def define_overwrite(what: str) -> None:
+  """Defines --overwrite, for a binary whose outputs from an earlier command it may find."""
+  flags.DEFINE_bool(
+      "overwrite", False, f"Delete and redo {what}, instead of stopping with one line naming "
+      "what differs from this command (results of the same request are always reused or "
+      "resumed, with or without this flag).")
+
+
 def shipped_flagfiles() -> list[str]:
   """Names of the flagfiles shipped with the project (experiments/flagfiles/)."""
   return sorted(f for f in os.listdir(FLAGFILES_DIR) if f.endswith(".flags"))
@@ -73,8 +81,9 @@ def resolve_flagfiles(argv: list[str]) -> list[str]:
 def _parse(argv):
   try:
     return flags.FLAGS(resolve_flagfiles(argv))
-  except flags.Error as e:
-    fail(f"{str(e).removeprefix('ERROR:: ')} (see --helpshort)")
+  except flags.Error as e:  # Several missing required flags come one per line: one line.
+    lines = [l.strip() for l in str(e).removeprefix("ERROR:: ").splitlines() if l.strip()]
+    fail(f"{'; '.join(lines).removesuffix(' (see --helpshort)')} (see --helpshort)")
 
 
 def run(main) -> None:

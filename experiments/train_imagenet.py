@@ -12,7 +12,10 @@ zf_jax.runs.config.RunConfig / zf_jax.train.TrainConfig, with the paper's
 value as its default; flags after --flagfile override it. Any tfds image
 classification dataset works (--dataset). The run resumes from the latest
 intact checkpoint in --workdir by itself; SIGTERM or Ctrl-C saves a
-checkpoint and exits. Several hosts: run the same command on
+checkpoint and exits. A --workdir trained with another recipe (another
+--arch, rate, schedule, dataset...) is not resumed: the binary names the
+fields that differ and stops, or with --overwrite trains it again from
+scratch. Several hosts: run the same command on
 each with --distributed (and --coordinator_address, --num_processes,
 --process_id where the cluster does not provide them).
 """
@@ -28,6 +31,7 @@ from zf_jax.runs import config, trainer
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, figures).",
                     required=True)
 config.define_flags()
+cli.define_overwrite("the run in --workdir when it was trained with another recipe")
 
 FLAGS = flags.FLAGS
 
@@ -41,7 +45,7 @@ def main(_):
   start = time.time()
   cfg = config.from_flags()
   try:
-    summary = trainer.train_and_evaluate(cfg, FLAGS.workdir)
+    summary = trainer.train_and_evaluate(cfg, FLAGS.workdir, overwrite=FLAGS.overwrite)
   except trainer.NonFiniteLossError as e:
     cli.fail(str(e), status=1)
   report = run_report.after_training(summary) if cfg.visualize else None

@@ -38,6 +38,7 @@ import jax
 from absl import flags
 
 from experiments import cli
+from zf_jax.files import check_folder
 from zf_jax.options import numbers
 from zf_jax.runs import trainer
 from zf_jax.runs import workdir as workdir_lib
@@ -77,6 +78,9 @@ flags.DEFINE_integer("batch_size", None, "Images per forward pass (default: --ru
 flags.DEFINE_bool("scratch", True, "Tables 4, 5, fig9: also train from scratch on each fold.")
 flags.DEFINE_integer("scratch_steps", transfer.Settings.scratch_steps,
                      "Training steps of each from-scratch run.")
+
+cli.define_overwrite("a from-scratch run in --workdir/scratch/ trained with another recipe "
+                     "or on other images (another --run, --scratch_steps, --seed...)")
 
 FLAGS = flags.FLAGS
 DEFAULT_N = {"4": (15, 30), "5": (15, 30, 45, 60), "fig9": (1, 2, 3, 6, 10, 15, 30, 45, 60),
@@ -125,6 +129,7 @@ def _notes(run, target, settings, extra=()) -> list[str]:
 
 def main(_):
   target, ns, settings = plan()
+  check_folder(FLAGS.workdir, "workdir")  # Before the features and the runs, not after.
   run_wd = workdir_lib.Workdir(FLAGS.run)
   cfg, _ = run_wd.read_config()
   if cfg.cpu_devices:  # The run's devices, before JAX starts: from-scratch runs train alike.
@@ -182,7 +187,7 @@ def main(_):
     fs = extract(run, target, (layer,), grid=FLAGS.grid, batch_size=FLAGS.batch_size,
                  cache_dir=cache)
     curve = transfer.fold_curve(run, target, fs, ns, settings, root,
-                                scratch=FLAGS.scratch)
+                                scratch=FLAGS.scratch, overwrite=FLAGS.overwrite)
     title = transfer.table_title(table, target, run) + (
         f" (softmax on layer {layer})" if layer != top[-1] else "")
     extra = [f"From scratch: {run.arch.name} re-initialised and trained by the ordinary "

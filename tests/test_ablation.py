@@ -32,6 +32,7 @@ from conftest import REPO, child_env, finalized_steps, wait_for_checkpoint  # no
 
 from zf_jax import arch as arch_lib  # noqa: E402
 from zf_jax import model  # noqa: E402
+from zf_jax.runs import config as config_lib  # noqa: E402
 from zf_jax.runs.config import RunConfig  # noqa: E402
 from zf_jax.section5 import ablation  # noqa: E402
 
@@ -119,7 +120,8 @@ def _fake_row(root, cfg: RunConfig, val_top1: float) -> str:
   row = {"variant": name, "arch": cfg.arch, "dataset": cfg.dataset, "params": 123,
          "train_seconds": 60.0, "train_top1": 9.0,
          "center": {"val_top1": val_top1, "val_top5": 1.0, "count": 10},
-         "ten": {"val_top1": val_top1 - 1, "val_top5": 0.5, "count": 10}}
+         "ten": {"val_top1": val_top1 - 1, "val_top5": 0.5, "count": 10},
+         "config": config_lib.to_json(cfg)}
   with open(os.path.join(root, name, ablation.ROW_FILE), "w", encoding="utf-8") as f:
     json.dump(row, f)
   return name

@@ -42,3 +42,18 @@ def atomic_write(path: str | os.PathLike, text: str) -> str:
     with open(tmp, "w", encoding="utf-8") as f:
       f.write(text)
   return os.fspath(path)
+
+
+def check_folder(path: str | os.PathLike, flag: str) -> None:
+  """Raises a one-line NotADirectoryError when the output folder `path` is a file, or lies
+  under one: for a program to say so before its long part rather than when it writes."""
+  p = os.path.abspath(os.path.expanduser(os.fspath(path)))
+  while True:
+    if os.path.exists(p):
+      if not os.path.isdir(p):
+        raise NotADirectoryError(f"--{flag}={path}: {p} is a file, not a folder")
+      return
+    parent = os.path.dirname(p)
+    if parent == p:
+      return
+    p = parent

@@ -16,7 +16,8 @@ from typing import Any
 
 
 def option(default: Any, help: str, *,  # pylint: disable=redefined-builtin
-           choices: Sequence[str] | None = None, flag: bool = True, off: Any = None) -> Any:
+           choices: Sequence[str] | None = None, flag: bool = True, off: Any = None,
+           recipe: bool = True) -> Any:
   """A dataclass field with its help text (and allowed values) for the generated flag.
 
   Args:
@@ -27,9 +28,15 @@ def option(default: Any, help: str, *,  # pylint: disable=redefined-builtin
     flag: False for a field that is derived from others and takes no flag.
     off: the flag value that stands for None (e.g. --rms_radius=0: no
       renormalisation), for a field whose None a flag cannot spell.
+    recipe: False for a field that does not change what a run computes (where
+      files go, how often it logs or saves, how many devices share the work):
+      a run resumed with another value is still the same run. Every other
+      field is compared with the stored one before a run resumes
+      (`zf_jax.runs.config.differences`).
   """
   return dataclasses.field(default=default, metadata={
-      "help": help, "choices": tuple(choices) if choices else None, "flag": flag, "off": off})
+      "help": help, "choices": tuple(choices) if choices else None, "flag": flag, "off": off,
+      "recipe": recipe})
 
 
 def numbers(name: str, values: Sequence[str], kind: type = int) -> tuple:

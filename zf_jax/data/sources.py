@@ -17,6 +17,7 @@ import functools
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -239,6 +240,12 @@ def write_ids(path: str, ids, comment: str) -> str:
   return files.atomic_write(path, "\n".join([header, *ids]) + "\n")
 
 
+def ids_digest(ids: Iterable[str]) -> str:
+  """sha1 (hex) of a set of record ids, whatever their order (`read_ids(path)` for an id
+  file's): which images a run trained on, for comparing two runs or naming a file."""
+  return hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()
+
+
 def _id_filter_suffix(cfg: InputConfig) -> str:
   """A short tag of the record selection, for file names (the mean image cache)."""
   parts = []
@@ -246,8 +253,7 @@ def _id_filter_suffix(cfg: InputConfig) -> str:
     parts.append("c" + "_".join(map(str, cfg.classes)))
   for tag, path in (("in", cfg.include_ids), ("ex", cfg.exclude_ids)):
     if path:
-      ids = "\n".join(sorted(read_ids(path))).encode()
-      parts.append(tag + hashlib.sha1(ids).hexdigest()[:10])
+      parts.append(tag + ids_digest(read_ids(path))[:10])
   return "-".join(parts)
 
 

@@ -46,7 +46,7 @@ class RunConfig:
   conv_features: tuple[int, ...] = option(
       (), "Table 3: maps of conv layers 3, 4, 5 (e.g. 512,1024,512; default: --arch's).")
   dataset: str = option("imagenet2012", "tfds image classification dataset name.")
-  data_dir: str | None = option(None, "tfds data_dir (default: tfds' own).")
+  data_dir: str | None = option(None, "tfds data_dir (default: tfds' own).", recipe=False)
   train_split: str = option("train", "Split to train on (tfds split syntax, e.g. train+test).")
   eval_split: str | None = option(
       None, "Split to validate on (default: validation, or test if there is none).")
@@ -67,37 +67,44 @@ class RunConfig:
   train_crops: str = option("ten", "ten: the paper's 10 fixed crops; random: random crops and "
                             "flips; center: the centre crop only (no augmentation).",
                             choices=input_pipeline.TRAIN_CROPS)
-  num_epochs: float = option(70.0, "Epochs to train (Section 3: 70).")
-  num_steps: int | None = option(None, "Steps to train; overrides --num_epochs.")
+  # The next two and lr_decay_epochs, warmup_epochs are compared through what they set:
+  # train.total_steps, lr_decay_steps and warmup_steps (so 4 epochs equal their steps).
+  num_epochs: float = option(70.0, "Epochs to train (Section 3: 70).", recipe=False)
+  num_steps: int | None = option(None, "Steps to train; overrides --num_epochs.", recipe=False)
   seed: int = option(0, "Seed for init, dropout and data order.")
   train: TrainConfig = TrainConfig()
   lr_decay_epochs: tuple[float, ...] = option(
-      (), "Epochs at which --lr_schedule=manual anneals.")
-  warmup_epochs: float = option(0.0, "Epochs of --lr_schedule=cosine's linear warm-up.")
+      (), "Epochs at which --lr_schedule=manual anneals.", recipe=False)
+  warmup_epochs: float = option(0.0, "Epochs of --lr_schedule=cosine's linear warm-up.",
+                                recipe=False)
   eval_batch_size: int | None = option(
-      None, "Global evaluation batch (default: --batch_size).")
+      None, "Global evaluation batch (default: --batch_size).", recipe=False)
   eval_every_epochs: int = option(1, "Validate every N epochs (0: only at the end).")
   final_eval_crops: tuple[str, ...] = option(
       ("center", "ten"), "Crops of the final evaluation: center and/or ten (Section 3); empty: none.",
-      choices=input_pipeline.EVAL_CROPS)
-  log_every: int = option(50, "Steps between progress lines.")
-  checkpoint_every: int = option(1000, "Steps between checkpoints.")
-  keep_checkpoints: int = option(3, "Latest checkpoints kept.")
+      choices=input_pipeline.EVAL_CROPS, recipe=False)  # Missing crops are evaluated on resuming.
+  log_every: int = option(50, "Steps between progress lines.", recipe=False)
+  checkpoint_every: int = option(1000, "Steps between checkpoints.", recipe=False)
+  keep_checkpoints: int = option(3, "Latest checkpoints kept.", recipe=False)
   keep_epochs: tuple[int, ...] = option(FIG4_EPOCHS,
-                                        "Epoch-end checkpoints kept forever (Fig. 4).")
+                                        "Epoch-end checkpoints kept forever (Fig. 4).",
+                                        recipe=False)
   shuffle_buffer: int = option(10_000, "Examples in the training shuffle buffer.")
   mean_max_examples: int | None = option(
       None, "Images averaged for the mean image (default: the whole train split).")
-  distributed: bool = option(False, "Call jax.distributed.initialize() (several hosts).")
-  coordinator_address: str | None = option(None, "host:port of process 0 (--distributed).")
-  num_processes: int | None = option(None, "Number of processes (--distributed).")
-  process_id: int | None = option(None, "This process's index (--distributed).")
+  distributed: bool = option(False, "Call jax.distributed.initialize() (several hosts).",
+                             recipe=False)
+  coordinator_address: str | None = option(None, "host:port of process 0 (--distributed).",
+                                           recipe=False)
+  num_processes: int | None = option(None, "Number of processes (--distributed).",
+                                     recipe=False)
+  process_id: int | None = option(None, "This process's index (--distributed).", recipe=False)
   cpu_devices: int | None = option(
       None, "Make the CPU this many JAX devices, trained data parallel (on small models "
-      "faster than one device: XLA keeps the cores busier).")
+      "faster than one device: XLA keeps the cores busier).", recipe=False)
   visualize: bool = option(False, "After training, write the report: curves, layer-1 filters "
                            "(Fig. 6), top-9 projections (Fig. 2), occlusion (Fig. 7), evolution "
-                           "(Fig. 4) into <workdir>/report.html.")
+                           "(Fig. 4) into <workdir>/report.html.", recipe=False)
 
   def __post_init__(self):
     check_choices(self)
@@ -110,6 +117,9 @@ class RunConfig:
       raise ValueError(f"cpu_devices must be >= 1, got {self.cpu_devices}")
     if self.warmup_epochs < 0:
       raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+    if self.mean_max_examples is not None and self.mean_max_examples < 1:
+      raise ValueError(f"mean_max_examples must be >= 1 (or unset: the whole split), got "
+                       f"{self.mean_max_examples}")
     if self.checkpoint_every < 1 or self.log_every < 1:
       raise ValueError("checkpoint_every and log_every must be >= 1")
 
@@ -228,3 +238,56 @@ def from_json(cls, obj: dict[str, Any]) -> Any:
       value = tuple(value)  # JSON has no tuples.
     kwargs[f.name] = value
   return cls(**kwargs)
+
+
+# --- The same run? -----------------------------------------------------------------------------
+
+
+def recipe_fields(cls=RunConfig, prefix: str = "") -> list[str]:
+  """The fields that change what a run computes (every field but `option(recipe=False)`
+  ones), nested ones as "train.learning_rate", in field order."""
+  hints = typing.get_type_hints(cls)
+  out = []
+  for f in dataclasses.fields(cls):
+    if dataclasses.is_dataclass(hints[f.name]):
+      out += recipe_fields(hints[f.name], f"{prefix}{f.name}.")
+    elif f.metadata.get("recipe", True):
+      out.append(prefix + f.name)
+  return out
+
+
+def _get(config, dotted: str) -> Any:
+  for name in dotted.split("."):
+    config = getattr(config, name)
+  return config
+
+
+def _show(value: Any) -> str:
+  if isinstance(value, tuple):
+    return ",".join(map(str, value)) or "(none)"
+  return str(value)
+
+
+def differences(stored: RunConfig, requested: RunConfig, *, ignore: typing.Collection[str] = (),
+                longer: bool = False) -> list[str]:
+  """The recipe fields whose values differ, as "name stored -> requested" ([] for the same run).
+
+  Args:
+    stored: the config a run was trained with (its config.json), its schedule
+      in steps (`trainer.resolve`).
+    requested: the config asked for now, resolved the same way.
+    ignore: fields left out, dotted for nested ones (e.g. Table 3's
+      architecture edits).
+    longer: a run asked to go on for more steps is the same run when its
+      learning rate does not depend on its length (every schedule but cosine):
+      its first steps are those of the longer run.
+  """
+  if (longer and "cosine" not in (stored.train.lr_schedule, requested.train.lr_schedule)
+      and requested.train.total_steps >= stored.train.total_steps):
+    ignore = (*ignore, "train.total_steps")
+  out = []
+  for name in recipe_fields(type(stored)):
+    old, new = _get(stored, name), _get(requested, name)
+    if name not in ignore and old != new:
+      out.append(f"{name.removeprefix('train.')} {_show(old)} -> {_show(new)}")
+  return out

@@ -32,7 +32,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from zf_jax import arch as arch_lib
-from zf_jax import model, train
+from zf_jax import files, model, train
 from zf_jax.data import input_pipeline
 from zf_jax.runs import workdir as workdir_lib
 from zf_jax.runs.config import RunConfig
@@ -238,7 +238,62 @@ def use_cpu_devices(n: int) -> None:
                        f"has {have} CPU device(s)") from None
 
 
-def train_and_evaluate(cfg: RunConfig, workdir: str, *,
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+  """A run's configuration resolved against its dataset: what `train_and_evaluate` trains.
+
+  config: the RunConfig with its schedule in steps (train.total_steps,
+    lr_decay_steps, warmup_steps from the epochs the flags name): what
+    config.json holds and a resumed run is compared with.
+  arch: the network, with the dataset's number of classes.
+  input: the training input pipeline's configuration.
+  facts: what config.json keeps beside the config (num_classes,
+    steps_per_epoch, total_steps, the digests of the id files).
+  """
+  config: RunConfig
+  arch: arch_lib.Arch
+  input: input_pipeline.InputConfig
+  facts: dict[str, Any]
+
+  @property
+  def total_steps(self) -> int:
+    return self.facts["total_steps"]
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.facts["steps_per_epoch"]
+
+
+def resolve(cfg: RunConfig) -> Resolved:
+  """`cfg` against its dataset (reads the dataset's metadata, not its images).
+
+  Raises:
+    ValueError: an inconsistent configuration (one line).
+  """
+  arch = cfg.network()
+  icfg = input_config(cfg, arch.image_size, cfg.train.batch_size)
+  info = input_pipeline.dataset_info(icfg)
+  if info.multi_label:
+    raise ValueError(f"{cfg.dataset} labels each image with several classes; training needs "
+                     "one label per image (transfer to it: python -m experiments.transfer)")
+  arch = cfg.network(info.num_classes)
+  spe = info.steps_per_epoch
+  total = cfg.num_steps if cfg.num_steps is not None else math.ceil(cfg.num_epochs * spe)
+  if cfg.train.lr_schedule == "cosine" and not round(cfg.warmup_epochs * spe) < total:
+    raise ValueError(f"warmup_epochs={cfg.warmup_epochs} ({round(cfg.warmup_epochs * spe)} "
+                     f"steps) must be shorter than the run ({total} steps): lower --warmup_epochs")
+  cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+      cfg.train, lr_decay_steps=tuple(round(e * spe) for e in cfg.lr_decay_epochs),
+      warmup_steps=round(cfg.warmup_epochs * spe), total_steps=total))
+  facts = {"num_classes": arch.num_classes, "steps_per_epoch": spe, "total_steps": total}
+  digests = {f: input_pipeline.ids_digest(input_pipeline.read_ids(getattr(cfg, f)))
+             for f in ("include_ids", "exclude_ids") if getattr(cfg, f)}
+  if digests:
+    facts["ids_digests"] = digests
+  return Resolved(config=cfg, arch=arch, input=icfg, facts=facts)
+
+
+def train_and_evaluate(cfg: RunConfig, workdir: str, *, overwrite: bool = False,
                        batch_transform: Callable[[int, dict], dict] | None = None
                        ) -> dict[str, Any]:
   """Trains `cfg.arch` on `cfg.dataset` per Section 3 and evaluates it.
@@ -246,7 +301,10 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
   Args:
     cfg: the run.
     workdir: checkpoints/, metrics.jsonl, tensorboard/, config.json and
-      summary.json go here. An existing run in it is resumed.
+      summary.json go here. An existing run of the same recipe is resumed
+      (fields marked `recipe=False`, e.g. log_every, may differ).
+    overwrite: train from scratch over a run of another recipe in `workdir`
+      (default: refuse, naming the fields that differ).
     batch_transform: optional `(step, host_batch) -> host_batch` applied
       before each step (debugging, fault injection in tests).
 
@@ -256,6 +314,7 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
 
   Raises:
     ValueError: an inconsistent configuration (one line).
+    workdir.OtherRunError: `workdir` holds a run of another recipe (one line).
     NonFiniteLossError: the loss became NaN / inf; the last good checkpoint
       is left as it was.
   """
@@ -264,33 +323,21 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *,
   if cfg.distributed and not jax.distributed.is_initialized():  # Once, for several runs.
     jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
   wd = workdir_lib.Workdir(workdir)
-  os.makedirs(wd.path, exist_ok=True)
-  batch = cfg.train.batch_size
-  for name, size in (("batch size", batch), ("evaluation batch size", cfg.eval_batch_size)):
+  files.check_folder(wd.path, "workdir")
+  for name, size in (("batch size", cfg.train.batch_size),
+                     ("evaluation batch size", cfg.eval_batch_size)):
     if size is not None and size % jax.device_count():
       raise ValueError(f"{name} {size} is not divisible by the {jax.device_count()} devices; "
                        f"use a multiple of {jax.device_count()}")
   mesh = make_mesh()
-  arch = cfg.network()
-  icfg = input_config(cfg, arch.image_size, batch)
-  info = input_pipeline.dataset_info(icfg)
-  if info.multi_label:
-    raise ValueError(f"{cfg.dataset} labels each image with several classes; training needs "
-                     "one label per image (transfer to it: python -m experiments.transfer)")
-  arch = cfg.network(info.num_classes)
-  total = cfg.num_steps if cfg.num_steps is not None else math.ceil(
-      cfg.num_epochs * info.steps_per_epoch)
-  spe = info.steps_per_epoch
+  plan = resolve(cfg)
+  cfg, arch, icfg = plan.config, plan.arch, plan.input
+  total, spe = plan.total_steps, plan.steps_per_epoch
   keep = sorted(e * spe for e in cfg.keep_epochs if 0 < e * spe <= total)
-  if cfg.train.lr_schedule == "cosine" and not round(cfg.warmup_epochs * spe) < total:
-    raise ValueError(f"warmup_epochs={cfg.warmup_epochs} ({round(cfg.warmup_epochs * spe)} "
-                     f"steps) must be shorter than the run ({total} steps): lower --warmup_epochs")
-  # The schedule in steps, from the epochs the flags name.
-  cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-      cfg.train, lr_decay_steps=tuple(round(e * spe) for e in cfg.lr_decay_epochs),
-      warmup_steps=round(cfg.warmup_epochs * spe), total_steps=total))
+  wd.check_same_run(cfg, plan.facts, overwrite=overwrite, say=_say)
+  os.makedirs(wd.path, exist_ok=True)
   if jax.process_index() == 0:
-    wd.write_config(cfg, num_classes=arch.num_classes, steps_per_epoch=spe, total_steps=total)
+    wd.write_config(cfg, **plan.facts)
 
   # Process 0 computes the mean image (cached beside the data); the others then read it.
   if jax.process_index() == 0:
@@ -328,12 +375,19 @@ def _final_eval(cfg, arch, icfg, mesh, mean, state, wd: workdir_lib.Workdir,
                 train_seconds: float):
   done = wd.summary()
   if done and done.get("step") == int(state.step) and "eval" in done:
-    _say(f"training is already complete ({done['step']} steps); results in "
-         f"{wd.file(workdir_lib.SUMMARY_FILE)}")
-    return {"eval": done["eval"], "already_complete": True,
-            "train_seconds": done.get("train_seconds", train_seconds)}
+    missing = tuple(c for c in cfg.final_eval_crops if c not in done["eval"])
+    if not missing:
+      _say(f"training is already complete ({done['step']} steps); results in "
+           f"{wd.file(workdir_lib.SUMMARY_FILE)}")
+      return {"eval": {c: done["eval"][c] for c in cfg.final_eval_crops},
+              "already_complete": True,
+              "train_seconds": done.get("train_seconds", train_seconds)}
+    earlier = done["eval"]  # Kept: the same parameters, the other crops are added.
+  else:
+    earlier, missing = {}, cfg.final_eval_crops
   results = evaluate_crops(state.params, arch, _eval_input(cfg, icfg), mesh,
-                           cfg.final_eval_crops, mean=mean, progress="final evaluation")
+                           missing, mean=mean, progress="final evaluation")
+  results = {**earlier, **results}
   for crops, r in results.items():
     _say(f"{crops}-crop evaluation on {r['count']} examples: top-1 error {r['top1_error']:.4f}, "
          f"top-5 error {r['top5_error']:.4f}")

@@ -18,6 +18,8 @@ newest intact one and says so; reading names the damaged step in one line.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -27,12 +29,14 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 from zf_jax import arch as arch_lib
 from zf_jax import train
 from zf_jax.data import input_pipeline
 from zf_jax.files import atomic_write
+from zf_jax.report import page
 from zf_jax.runs import checkpoint
 from zf_jax.runs import config as config_lib
 from zf_jax.runs.config import RunConfig
@@ -43,7 +47,12 @@ DAMAGED_DIR = "damaged_checkpoints"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
-FACTS = ("num_classes", "steps_per_epoch", "total_steps")
+FACTS = ("num_classes", "steps_per_epoch", "total_steps", "ids_digests")
+# What a run and the report write here, removed by `Workdir.clear` (damaged_checkpoints/
+# stays: never deleted).
+RUN_FILES = (CONFIG_FILE, CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR,
+             page.FIGURES_DIR, page.TABLES_DIR, page.SECTIONS_DIR.split(os.sep)[0],
+             page.REPORT_FILE)
 
 
 class NoRunError(FileNotFoundError):
@@ -52,6 +61,10 @@ class NoRunError(FileNotFoundError):
 
 class DamagedCheckpointError(ValueError):
   """A checkpoint's files cannot be read back."""
+
+
+class OtherRunError(ValueError):
+  """The workdir holds a run trained with another configuration than the one asked for."""
 
 
 def _first_line(e: BaseException, limit: int = 160) -> str:
@@ -67,6 +80,17 @@ class Run:
   arch: arch_lib.Arch
   params: Any
   step: int
+
+  @functools.cached_property
+  def digest(self) -> str:
+    """sha1 (hex) of the run's recipe and parameters: what anything computed from the run
+    depends on (a cache keyed by it is never stale, even for a run trained again in the
+    same workdir to the same step)."""
+    h = hashlib.sha1(json.dumps(config_lib.to_json(self.config), sort_keys=True).encode())
+    for path, leaf in jax.tree_util.tree_leaves_with_path(self.params):
+      h.update(jax.tree_util.keystr(path).encode())
+      h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    return h.hexdigest()
 
   def input_config(self, *, batch_size: int | None = None,
                    split: str | None = None) -> input_pipeline.InputConfig:
@@ -139,7 +163,8 @@ class Workdir:
 
   def no_run(self) -> NoRunError:
     """The one error for "there is no training run here"."""
-    what = "does not exist" if not os.path.isdir(self.path) else f"has no {CONFIG_FILE}"
+    what = ("is a file, not a folder" if os.path.isfile(self.path) else "does not exist"
+            if not os.path.isdir(self.path) else f"has no {CONFIG_FILE}")
     return NoRunError(f"run workdir {self.path} {what}: not a training workdir (train into it with "
                       f"python -m experiments.train_imagenet --workdir={self.path})")
 
@@ -173,6 +198,63 @@ class Workdir:
   def arch(self) -> arch_lib.Arch:
     """The run's architecture, with the number of classes it was trained on."""
     return _arch(*self.read_config())
+
+  def differences(self, cfg: RunConfig, facts: dict[str, Any]) -> list[str]:
+    """How the run stored here differs from `cfg` and its `facts` (num_classes, the id
+    files' digests, ...): "field stored -> asked" for each recipe field and fact that
+    differs; [] for the same run (or a longer one: `config.differences`) or no run."""
+    if not os.path.exists(self.file(CONFIG_FILE)):
+      return []
+    stored, stored_facts = self.read_config()
+    out = config_lib.differences(stored, cfg, longer=True)
+    for key in ("num_classes", "steps_per_epoch", "ids_digests"):
+      if key in facts and stored_facts.get(key, facts[key]) != facts[key]:
+        what = ("the images listed by include_ids / exclude_ids" if key == "ids_digests"
+                else f"{key} {stored_facts[key]} -> {facts[key]}")
+        out.append(what)
+    return out
+
+  def has_results(self) -> bool:
+    """Whether a run here saved anything worth keeping: a checkpoint or a summary."""
+    ckpts = self.checkpoint_dir
+    return os.path.exists(self.file(SUMMARY_FILE)) or (
+        os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts)))
+
+  def check_same_run(self, cfg: RunConfig, facts: dict[str, Any], *, overwrite: bool = False,
+                     say: Callable[[str], None] = print) -> None:
+    """Refuses to resume, or to reuse the results of, a run trained with another recipe.
+
+    Nothing happens when the workdir holds no run or the same run. Otherwise,
+    with `overwrite` (or when the other run saved no checkpoint yet) its files
+    are removed (`clear`) so that `cfg` trains from scratch, and `say` tells
+    which fields differed.
+
+    Raises:
+      OtherRunError: the workdir holds results of another recipe and not
+        `overwrite`; one line naming the differing fields and the way out.
+    """
+    diff = self.differences(cfg, facts)
+    if not diff:
+      return
+    shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+    if not overwrite and self.has_results():
+      raise OtherRunError(f"{self.path} holds a run trained with another configuration "
+                          f"({shown}): pass --overwrite to train it again from scratch there, "
+                          "or choose another --workdir")
+    if jax.process_index() == 0:
+      self.clear()
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("other run cleared")
+    say(f"replaced the run in {self.path}, which had another configuration ({shown})")
+
+  def clear(self) -> None:
+    """Removes the run's files (`RUN_FILES`): what it trained, logged and reported."""
+    for name in RUN_FILES:
+      path = self.file(name)
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+      elif os.path.lexists(path):
+        os.remove(path)
 
   # --- checkpoints -----------------------------------------------------------------------
 

@@ -44,12 +44,14 @@ import numpy as np
 from zf_jax import arch as arch_lib
 from zf_jax.files import atomic_write
 from zf_jax.report import figures, page, tables
+from zf_jax.runs import config as config_lib
 from zf_jax.runs.config import RunConfig
 from zf_jax.runs.workdir import Workdir
 
 BASES = ("alexnet", "zfnet")
 SCALES = {"": "224 px", "_small": "28 px", "_tiny": "32 px"}  # Preset suffix: input size.
 ROW_FILE = "table3_row.json"
+EDITS = ("arch", "remove", "fc_features", "conv_features")  # The fields that tell rows apart.
 TABLE = "table3"
 IMAGENET = "imagenet2012"
 PAPER_TITLE = ("ImageNet 2012 classification error rates with various architectural changes "
@@ -180,7 +182,8 @@ def measure(workdir: str) -> dict[str, Any]:
          "dataset": cfg.dataset, "params": arch_lib.num_params(net),
          "steps": int(summary["step"]), "epochs": round(int(summary["step"]) / spe, 2),
          "train_seconds": summary.get("train_seconds"),
-         "train_top1": round(100 * train_error(wd.metrics(), total, spe), 2)}
+         "train_top1": round(100 * train_error(wd.metrics(), total, spe), 2),
+         "config": config_lib.to_json(cfg)}
   for crops, r in summary["eval"].items():
     out[crops] = {"val_top1": round(100 * r["top1_error"], 2),
                   "val_top5": round(100 * r["top5_error"], 2), "count": r["count"]}
@@ -191,6 +194,20 @@ def write_row(workdir: str) -> str:
   """`measure(workdir)` written to `<workdir>/table3_row.json`; returns its path."""
   return atomic_write(os.path.join(workdir, ROW_FILE), json.dumps(measure(workdir), indent=2)
                       + "\n")
+
+
+def recipe_differences(row: Mapping[str, Any], cfg: RunConfig) -> list[str]:
+  """How the recipe `row` was trained with differs from `cfg`, the architecture edits aside
+  (`config.differences`; [] for the same recipe).
+
+  Args:
+    row: a `measure` result (table3_row.json).
+    cfg: the table's recipe, resolved as the trainer stores it (`trainer.resolve`).
+  """
+  if "config" not in row:
+    return ["its recipe was not recorded"]
+  return config_lib.differences(config_lib.from_json(RunConfig, row["config"]), cfg,
+                                ignore=EDITS)
 
 
 def read_rows(root: str) -> dict[str, dict[str, Any]]:
@@ -224,13 +241,19 @@ def title(cfg: RunConfig) -> str:
 def table3(cfg: RunConfig, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
   """The paper's 12 rows at `cfg.arch`'s scale with ours where finished, then other variants.
 
+  Rows trained with another recipe than `cfg` (another schedule, rate, batch...)
+  are left out, as pending, and named in the notes: one table never mixes two
+  recipes.
+
   Args:
-    cfg: the recipe and data the rows were trained with (its arch gives the scale).
+    cfg: the recipe and data of the table, resolved as the trainer stores it
+      (`trainer.resolve(cfg).config`); its arch gives the scale.
     rows: `read_rows`' result.
 
   Returns:
-    The table as JSON: title, notes and one entry per row (label, variant,
-    ours or None while pending, the paper's numbers or None).
+    The table as JSON: title, notes, one entry per row (label, variant, ours
+    or None while pending, the paper's numbers or None), and "other_recipe":
+    {variant: its differences} for the rows left out.
 
   Raises:
     ValueError: a row trained on another dataset than `cfg.dataset`.
@@ -241,6 +264,8 @@ def table3(cfg: RunConfig, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, A
       raise ValueError(f"row {name} was trained on {r['dataset']} with --arch={r['arch']}, not "
                        f"{cfg.dataset} at the scale of --arch={cfg.arch}: give each table its "
                        "own --workdir")
+  other = {name: d for name, r in rows.items() if (d := recipe_differences(r, cfg))}
+  rows = {name: r for name, r in rows.items() if name not in other}
   out, seen = [], set()
   for i, paper_row in enumerate(PAPER_TABLE3, 1):
     name = variant(row_config(cfg, paper_row))
@@ -263,12 +288,15 @@ def table3(cfg: RunConfig, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, A
       f"{len(done)} of {len(out)} rows finished; their training took "
       f"{seconds / 60:.1f} min in all.",
   ]
+  for name, diff in other.items():
+    notes.append(f"{name} was trained with another recipe ({'; '.join(diff[:3])}) and is left "
+                 "out: train it again with this table's command and --overwrite.")
   if scale:
     notes.append(f"At this scale the paper's widths are scaled by the preset's own: 2048 / "
                  f"8192 fc units are 1/2 and 2x {BASES[1] + scale}'s, 512,1024,512 maps are "
                  "4/3, 8/3 and 2x its layers 3, 4, 5.")
   return {"title": title(cfg), "dataset": cfg.dataset, "scale": scale or "full",
-          "notes": notes, "rows": out}
+          "notes": notes, "rows": out, "other_recipe": other}
 
 
 def markdown(table: Mapping[str, Any]) -> str:
@@ -319,7 +347,7 @@ def plot(table: Mapping[str, Any], path: str) -> str:
 
 def write_table3(root: str, cfg: RunConfig) -> tuple[str, str, str]:
   """Assembles the rows under `root` into `<root>/tables/table3.{md,json}`, its figure and
-  the Table 3 section of `<root>/report.html`.
+  the Table 3 section of `<root>/report.html`. `cfg` as `table3` takes it (resolved).
 
   Returns:
     (Markdown path, JSON path, report path).

@@ -138,9 +138,8 @@ def target_input(run: Run, target: Target, batch_size: int | None = None
 
 
 def _cache_path(cache_dir: str, run: Run, target: Target, layers, grid: int) -> str:
-  key = json.dumps({"run": run.workdir, "step": run.step, "target": dataclasses.asdict(target),
-                    "layers": list(layers), "grid": grid, "image": run.arch.image_size,
-                    "resize": run.config.resize_size}, sort_keys=True)
+  key = json.dumps({"run": run.digest, "target": dataclasses.asdict(target),
+                    "layers": list(layers), "grid": grid}, sort_keys=True)
   stem = re.sub(r"[^\w.-]+", "_", f"{target.dataset}-{target.split}")
   return os.path.join(cache_dir, f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz")
 
@@ -164,7 +163,8 @@ def extract(run: Run, target: Target, layers: Sequence[int], *, grid: int = 6,
     grid: conv maps are max-pooled to at most grid x grid (0: whole maps).
     batch_size: images per forward pass (default: the run's evaluation batch).
     cache_dir: where the arrays are kept (<cache_dir>/<dataset>-<split>-<key>.npz,
-      keyed by run, checkpoint step, target, layers and grid); None: not cached.
+      keyed by the run's recipe and parameters (`Run.digest`), target, layers and
+      grid: a run trained again never reads its predecessor's); None: not cached.
     say: progress lines (None: silent).
 
   Returns:

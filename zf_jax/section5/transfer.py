@@ -152,18 +152,25 @@ def scratch_config(run: Run, target: Target, ids_file: str, num_train: int, step
 
 def scratch_accuracies(run: Run, target: Target, fs: FeatureSet, n: int,
                        folds: Sequence[folds_lib.Fold], root: str, steps: int,
-                       say: Callable[[str], None] = print) -> list[float]:
+                       say: Callable[[str], None] = print, *,
+                       overwrite: bool = False) -> list[float]:
   """Per fold: the architecture trained from scratch on the fold's training images, its mean
-  per-class accuracy on the fold's test images. Runs live in <root>/scratch/n<n>-fold<k>."""
+  per-class accuracy on the fold's test images. Runs live in <root>/scratch/n<n>-fold<k>;
+  one trained with another recipe or other images stops this with one line unless
+  `overwrite` (`trainer.train_and_evaluate`)."""
   out = []
   for k, f in enumerate(folds):
     wd = os.path.join(root, "scratch", f"n{n}-fold{k}")
-    ids = input_pipeline.write_ids(
-        os.path.join(wd, "train_ids.txt"), fs.ids[f.train].tolist(),
-        f"fold {k}: {n} training images per class of {target.describe()}")
+    train_ids = fs.ids[f.train].tolist()
+    # Named by its content: other images are another file, so another recipe for the run
+    # there, and the file that run trained on is never rewritten.
+    ids = os.path.join(wd, f"train_ids-{input_pipeline.ids_digest(train_ids)[:12]}.txt")
+    if not os.path.exists(ids):
+      input_pipeline.write_ids(
+          ids, train_ids, f"fold {k}: {n} training images per class of {target.describe()}")
     say(f"from scratch, {n} per class, fold {k + 1}/{len(folds)}: training in {wd}")
     summary = trainer.train_and_evaluate(scratch_config(run, target, ids, len(f.train), steps),
-                                         wd)
+                                         wd, overwrite=overwrite)
     if summary["status"] != "complete":
       raise InterruptedError(f"stopped while training {wd}; run the same command to resume")
     scratch = workdir_lib.Workdir(wd).open(mesh=workdir_lib.make_mesh())
@@ -183,7 +190,8 @@ def _cell(values: Sequence[float] | None) -> dict[str, Any] | None:
 
 
 def fold_curve(run: Run, target: Target, fs: FeatureSet, ns: Sequence[int], settings: Settings,
-               root: str, *, scratch: bool, say: Callable[[str], None] = print
+               root: str, *, scratch: bool, say: Callable[[str], None] = print,
+               overwrite: bool = False
                ) -> dict[str, dict[int, Any]]:
   """{"pretrained": {n: cell}, "scratch": {n: cell}}: Tables 4, 5 and Fig. 9's measurements.
 
@@ -200,7 +208,8 @@ def fold_curve(run: Run, target: Target, fs: FeatureSet, ns: Sequence[int], sett
         f"± {curve['pretrained'][n]['std']:.1f}")
     if scratch:
       curve["scratch"][n] = _cell(scratch_accuracies(run, target, fs, n, folds, root,
-                                                     settings.scratch_steps, say))
+                                                     settings.scratch_steps, say,
+                                                     overwrite=overwrite))
       say(f"from scratch, {n} per class: {curve['scratch'][n]['mean']:.1f}% "
           f"± {curve['scratch'][n]['std']:.1f}")
   return curve
