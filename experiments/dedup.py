@@ -27,11 +27,17 @@ Writes, under --workdir, only once the whole source has been read:
                      line: train on the rest with --exclude_ids=<this file>;
   tables/dedup.{md,json}  images in common, out of how many, the most in one
                      class, beside the paper's footnote (Caltech-101 and
-                     Caltech-256 only).
+                     Caltech-256 only);
+  dedup_search.npz   the search so far, saved every minute: the same command
+                     after a kill resumes from it (a rerun once complete
+                     only rewrites the outputs); another request over it
+                     stops with a line naming what differs, or with
+                     --overwrite starts again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -41,7 +47,7 @@ from absl import flags
 
 from experiments import cli
 from zf_jax.data import input_pipeline
-from zf_jax.files import atomic_write
+from zf_jax.files import atomic_write, check_folder
 from zf_jax.report import tables
 from zf_jax.section5 import dedup
 
@@ -58,9 +64,13 @@ flags.DEFINE_integer("size", dedup.DEFAULT_SIZE, "Thumbnail side in pixels (>= 2
 flags.DEFINE_integer("chunk_size", dedup.DEFAULT_CHUNK, "Source thumbnails per matrix product.")
 flags.DEFINE_integer("k", dedup.DEFAULT_K, "Nearest sources kept per target.")
 flags.DEFINE_integer("batch_size", 512, "Thumbnails per batch read from the input pipeline.")
+cli.define_overwrite("the search of another request (other --source, --target, --threshold, "
+                     "--size, --chunk_size or --k) whose state is in --workdir")
 
 FLAGS = flags.FLAGS
 PROGRESS_SECONDS = 5.0
+STATE_FILE = "dedup_search.npz"  # The search so far: a killed pass resumes from it.
+SAVE_SECONDS = 60.0
 NEAR_MISSES = 100  # Targets listed in duplicates.json whose best source is just below.
 
 
@@ -81,13 +91,17 @@ class Progress:
   def __init__(self, what: str, total: int):
     self.what, self.total = what, total
     self.start = self.last = time.monotonic()
+    self.before = 0  # Done by an earlier, interrupted pass.
+
+  def start_at(self, done: int) -> None:
+    self.before = done
 
   def __call__(self, done: int, final: bool = False) -> None:
     now = time.monotonic()
     if not final and now - self.last < PROGRESS_SECONDS:
       return
     self.last = now
-    rate = done / max(now - self.start, 1e-9)
+    rate = (done - self.before) / max(now - self.start, 1e-9)
     left = (f", {(self.total - done) / rate / 60:.1f} min left"
             if not final and rate > 0 and self.total > done else "")
     pct = f" ({100 * done / self.total:.0f}%)" if self.total else ""
@@ -150,6 +164,7 @@ def table(req: dedup.Request, counts: dict, paper: dict | None) -> tuple[str, di
 def main(_):
   req = dedup.request(FLAGS.source, FLAGS.target, FLAGS.threshold, FLAGS.size,
                       FLAGS.chunk_size, FLAGS.k, FLAGS.batch_size)
+  check_folder(FLAGS.workdir, "workdir")  # Before the long pass, not after it.
   src_cfg = input_pipeline.InputConfig(dataset=req.source[0], data_dir=FLAGS.data_dir)
   tgt_cfg = input_pipeline.InputConfig(dataset=req.target[0], data_dir=FLAGS.data_dir)
   # Both datasets and splits exist before anything is read or written.
@@ -160,12 +175,34 @@ def main(_):
   print(f"searching {src_info.num_examples:,} images of {_spec(req.source)} for "
         f"{len(target_ids):,} of {_spec(req.target)} (threshold {req.threshold:g}, "
         f"{req.size} px thumbnails)", flush=True)
+  key = dedup.request_key(req, FLAGS.data_dir, target_ids, target_thumbs)
+  state_path = os.path.join(FLAGS.workdir, STATE_FILE)
+  resume = dedup.resume_state(state_path, key, overwrite=FLAGS.overwrite)
   progress = Progress(f"source {_spec(req.source)}", src_info.num_examples)
-  batches = ((b["id"].tolist(), b["thumb"]) for b in input_pipeline.thumbnails(
-      src_cfg, req.source[1], size=req.size, batch_size=req.batch_size))
+  complete = resume is not None and resume.position >= src_info.num_examples
+  if complete:
+    print(f"the search was complete in {state_path}; reusing it", flush=True)
+    batches = iter(())
+  else:
+    if resume is not None:
+      print(f"resuming the search after {resume.num_source:,} source images ({state_path})",
+            flush=True)
+      progress.start_at(resume.num_source)
+    batches = ((b["id"].tolist(), b["thumb"], b["position"]) for b in input_pipeline.thumbnails(
+        src_cfg, req.source[1], size=req.size, batch_size=req.batch_size,
+        start=resume.position if resume else 0))
+
+  def save(state):
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    dedup.save_state(state_path, state, json.dumps(key, sort_keys=True))
+
   result = dedup.search(batches, target_thumbs, target_ids, threshold=req.threshold,
-                        chunk_size=req.chunk_size, k=req.k, progress=progress)
-  progress(result.num_source, final=True)
+                        chunk_size=req.chunk_size, k=req.k, progress=progress, resume=resume,
+                        save=save, save_seconds=SAVE_SECONDS)
+  if not complete:
+    progress(result.num_source, final=True)
+  # Complete: a rerun of the same request rewrites the tables without searching again.
+  save(dataclasses.replace(result.state, position=src_info.num_examples))
 
   classes = _classes_of(np.asarray(target_labels))
   names = tgt_info.class_names

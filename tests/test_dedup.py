@@ -201,6 +201,46 @@ def test_streamed_search_equals_brute_force_with_many_pairs_above_the_threshold(
       (m.source_id, m.target_id) for m in reference]
 
 
+def test_a_search_resumed_from_any_saved_state_returns_the_uninterrupted_result(planted,
+                                                                               tmp_path):
+  """Saved after every chunk (8 sources, k 1: the exact fallback's chunks too), each state
+  read back from its file and resumed over the rest of the stream gives what the
+  uninterrupted search gives. Positions skip every 7th record (an unreadable image that the
+  stream drops), so the state says where the stream goes on, not how many it searched."""
+  ids, thumbs = planted["source_ids"], planted["source_thumbs"]
+  positions = [i + i // 6 for i in range(len(ids))]
+
+  def stream(start=0):
+    rest = [j for j, p in enumerate(positions) if p >= start]
+    for a in range(0, len(rest), 5):
+      part = rest[a:a + 5]
+      yield [ids[j] for j in part], thumbs[part], np.array([positions[j] for j in part])
+
+  kwargs = {"chunk_size": 8, "k": 1}
+  states = []
+  whole = dedup.search(stream(), planted["target_thumbs"], planted["target_ids"],
+                       save=states.append, save_seconds=0, **kwargs)
+  assert [s.num_source for s in states] == [8, 16, 24, 32, 40, 48, 55]
+  assert [s.position for s in states] == [positions[n - 1] + 1 for n in (8, 16, 24, 32, 40, 48,
+                                                                         55)]
+  assert {(m.source_id, m.target_id) for m in whole.matches} == planted["expected"]
+  for state in states:
+    # Only the ids it still needs: the targets' nearest sources and the matches.
+    assert len(state.ids) <= 40 + len(state.found)
+    path = str(tmp_path / f"state{state.num_source}.npz")
+    dedup.save_state(path, state, "the key")
+    loaded, key = dedup.load_state(path)
+    assert key == "the key"
+    resumed = dedup.search(stream(loaded.position), planted["target_thumbs"],
+                           planted["target_ids"], resume=loaded, **kwargs)
+    assert resumed.matches == whole.matches, state.num_source
+    assert resumed.nearest_ids == whole.nearest_ids and resumed.num_source == 55
+    np.testing.assert_array_equal(resumed.nearest_corr, whole.nearest_corr)
+  with pytest.raises(ValueError, match="another search's"):
+    dedup.search(stream(), planted["target_thumbs"][:3], planted["target_ids"][:3],
+                 resume=states[0], **kwargs)
+
+
 def test_search_refuses_what_it_cannot_do():
   thumbs = np.zeros((3, 4, 4), np.float32)
   for kwargs, message in [({"threshold": 1.5}, r"threshold must be in \(0, 1\]"),
@@ -353,3 +393,83 @@ def test_binary_finds_the_train_images_of_a_mixed_split_and_refuses_a_bad_datase
     table = json.load(f)
   assert table["ours"]["images_in_common"] == 8 and table["paper"] is None
   assert table["target"] == f"{name}:validation+train[:8]"
+
+
+KILLED_WRAPPER = """\
+import os, signal
+import tiny_dataset  # noqa: F401  (registers zf_tiny_images for tfds.builder)
+from experiments import cli, dedup
+from zf_jax.data import input_pipeline
+dedup.SAVE_SECONDS = 0  # The state after every chunk.
+real = input_pipeline.thumbnails
+def dying(cfg, split, **kwargs):
+  for i, batch in enumerate(real(cfg, split, **kwargs)):
+    if split == "train" and i == 5:  # 50 of the 64 sources read: 2 chunks of 24 searched.
+      os.kill(os.getpid(), signal.SIGKILL)
+    yield batch
+input_pipeline.thumbnails = dying
+cli.run(dedup.main)
+"""
+
+
+def _tree(folder) -> dict[str, object]:
+  """Every file's bytes; the saved search's arrays (a zip's bytes carry its time)."""
+  out = {}
+  for p in sorted(folder.rglob("*")):
+    if p.suffix == ".npz":
+      state, key = dedup.load_state(str(p))
+      out[str(p.relative_to(folder))] = (key, state.num_source, state.position, state.ids,
+                                         *(a.tolist() for a in (state.best_corr,
+                                                                state.best_index, state.found)))
+    elif p.is_file():
+      out[str(p.relative_to(folder))] = p.read_bytes()
+  return out
+
+
+def test_a_killed_pass_resumes_to_the_uninterrupted_result_and_another_request_is_refused(
+    tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  tiny_dataset.prepare(data_dir)
+  wrapper, killer = tmp_path / "dedup_tiny.py", tmp_path / "dedup_killed.py"
+  wrapper.write_text(WRAPPER, encoding="utf-8")
+  killer.write_text(KILLED_WRAPPER, encoding="utf-8")
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  name = tiny_dataset.NAME
+  common = [f"--data_dir={data_dir}", f"--source={name}:train",
+            f"--target={name}:validation+train[:8]", "--chunk_size=24", "--k=2",
+            "--batch_size=10"]
+
+  def start(script, workdir, *extra):
+    return subprocess.Popen([sys.executable, str(script), *common, f"--workdir={workdir}",
+                             *extra], cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+  def run(script, workdir, *extra):
+    child = start(script, workdir, *extra)
+    out, err = child.communicate(timeout=300)
+    return child.returncode, out, err
+
+  children = [start(wrapper, straight), start(killer, killed)]  # Both at once: mostly start-up.
+  (out, err), (_, killed_err) = (c.communicate(timeout=300) for c in children)
+  assert children[0].returncode == 0, out + err
+  assert children[1].returncode == -9, killed_err
+  assert (killed / "dedup_search.npz").is_file() and not (killed / "duplicates.json").exists()
+  rc, out, err = run(wrapper, killed)
+  assert rc == 0, out + err
+  assert "resuming the search after 48 source images" in out, out
+  assert f"source {name}:train: 64/64 images (100%)" in out, out
+  expected = _tree(straight)
+  assert _tree(killed) == expected  # duplicates.json, exclude_ids.txt, tables, the state.
+  assert "dedup_search.npz" in expected and "duplicates.json" in expected
+
+  rc, out, err = run(wrapper, killed)  # Complete: reused, the same files written again.
+  assert rc == 0 and "the search was complete" in out, out + err
+  assert f"source {name}:train" not in out, out  # Nothing read again.
+  assert _tree(killed) == expected
+
+  rc, out, err = run(wrapper, killed, "--threshold=0.9")
+  assert rc == 2, out + err
+  assert err.strip().count("\n") == 0, err
+  assert "holds the search of another request (threshold 0.95 -> 0.9)" in err, err
+  assert "--overwrite" in err
+  assert _tree(killed) == expected

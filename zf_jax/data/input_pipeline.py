@@ -29,7 +29,7 @@ from zf_jax.data.sources import (  # noqa: F401  (the public names are this modu
     EVAL_CROPS, FOLDER_PREFIX, TRAIN_CROPS, DatasetInfo, InputConfig, SplitInfo, _builder,
     _check_choice, _count, _data_dir_root, _host_counts, _id_filter_suffix, _local_batch_size,
     _options, _processes, _read, _resolve_eval_split, _selective, _steps_per_epoch,
-    dataset_info, decode_rgb, read_ids, split_info, tensorflow, tf, write_ids)
+    dataset_info, decode_rgb, ids_digest, read_ids, split_info, tensorflow, tf, write_ids)
 
 _MEAN_DIR = "zf_jax_mean"
 
@@ -350,26 +350,32 @@ def make_eval_iterator(cfg: InputConfig, *, crops: str = "center", split: str | 
                  num_real=num_real)
 
 
-def thumbnails(cfg: InputConfig, split: str, *, size: int = 32,
-               batch_size: int = 512) -> collections.abc.Iterator[dict]:
+def thumbnails(cfg: InputConfig, split: str, *, size: int = 32, batch_size: int = 512,
+               start: int = 0) -> collections.abc.Iterator[dict]:
   """Small grey copies of every decodable image of `split`, in file order (de-duplication).
 
   Yields host batches {"id": str (b,), "label": int64 (b,) (multi-label
-  datasets: (b, C)), "thumb": float32 (b, size, size)}: the whole image
-  squashed to size x size (bilinear, antialiased), the mean of its RGB
-  channels, 0..255 units. `cfg.classes` applies; the training-split id lists do not.
+  datasets: (b, C)), "thumb": float32 (b, size, size), "position": int64 (b,)}:
+  the whole image squashed to size x size (bilinear, antialiased), the mean of
+  its RGB channels, 0..255 units; its record's number in the split (undecodable
+  records are skipped, and counted). `cfg.classes` applies; the training-split
+  id lists do not. `start`: begin at that record (a resumed pass), the records
+  before it are read but not decoded.
   """
   if size < 2 or batch_size < 1:
     raise ValueError(f"thumbnails need size >= 2 and batch_size >= 1, got {size}, {batch_size}")
   builder = _builder(cfg)
 
-  def thumb(ex):
+  def thumb(position, ex):
     image = tf.image.resize(tf.cast(decode_rgb(ex["image"]), tf.float32), [size, size],
                             method="bilinear", antialias=True)
-    return {"id": ex["id"], "label": ex["label"], "thumb": tf.reduce_mean(image, axis=-1)}
+    return {"id": ex["id"], "label": ex["label"], "thumb": tf.reduce_mean(image, axis=-1),
+            "position": position}
 
-  ds = _read(builder, split, cfg=cfg).map(thumb, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _read(builder, split, cfg=cfg)
+  ds = (ds.skip(start) if start else ds).enumerate(start)
+  ds = ds.map(thumb, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.ignore_errors(log_warning=True).batch(batch_size).with_options(_options())
   for batch in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
     yield {"id": np.array([i.decode() for i in batch["id"]]), "label": batch["label"],
-           "thumb": batch["thumb"]}
+           "thumb": batch["thumb"], "position": batch["position"]}

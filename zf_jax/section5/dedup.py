@@ -75,13 +75,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
+import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from zf_jax.files import atomic_path
 
 DEFAULT_THRESHOLD = 0.95
 DEFAULT_SIZE = 32
@@ -123,6 +130,7 @@ class SearchResult:
   nearest_corr: (M, k) float32, their correlations (-inf where fewer than k).
   num_source: source thumbnails read.
   threshold: the threshold used.
+  state: the search's final state (`save_state` keeps it for a rerun).
   """
 
   matches: list[Match]
@@ -130,6 +138,50 @@ class SearchResult:
   nearest_corr: np.ndarray
   num_source: int
   threshold: float
+  state: SearchState | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchState:
+  """A search after its first `num_source` source thumbnails: all it needs to go on.
+
+  num_source: source thumbnails searched.
+  position: where the source stream goes on from: the third item of the last
+    batch searched plus one (e.g. records read, unreadable ones included), or
+    `num_source` when the batches have no third item.
+  best_corr, best_index: (M, k) the running top-k of every target.
+  found: (n, 3) float64 rows (source index, target index, correlation): every
+    pair at or above the threshold so far.
+  ids: source index -> id, for the indices in `best_index` and `found` (the
+    others are not needed again).
+  """
+
+  num_source: int
+  position: int
+  best_corr: np.ndarray
+  best_index: np.ndarray
+  found: np.ndarray
+  ids: dict[int, str]
+
+
+def save_state(path: str, state: SearchState, key: str) -> None:
+  """Writes `state` and the `key` of its request to `path` (.npz), atomically."""
+  index = np.array(sorted(state.ids), np.int64)
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez(f, key=np.array(key), num_source=state.num_source, position=state.position,
+               best_corr=state.best_corr, best_index=state.best_index, found=state.found,
+               id_index=index, id_value=np.array([state.ids[i] for i in index.tolist()], str))
+
+
+def load_state(path: str) -> tuple[SearchState, str]:
+  """(state, key) as `save_state` wrote them."""
+  with np.load(path, allow_pickle=False) as z:
+    state = SearchState(
+        num_source=int(z["num_source"]), position=int(z["position"]),
+        best_corr=z["best_corr"], best_index=z["best_index"], found=z["found"],
+        ids=dict(zip(z["id_index"].tolist(), z["id_value"].tolist())))
+    return state, str(z["key"])
 
 
 def _normalize(x, xp):
@@ -174,25 +226,34 @@ def _step(targets, best_corr, best_index, chunk, offset, count, *, k: int):
   return top_corr, jnp.take_along_axis(both_index, pos, axis=1), chunk_corr, chunk_index
 
 
-def rechunk(batches: Iterable[tuple[Sequence[str], np.ndarray]],
-            chunk_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
-  """Batches of any sizes -> chunks of exactly `chunk_size` (the last one: the rest)."""
+def rechunk(batches: Iterable[tuple], chunk_size: int
+            ) -> Iterator[tuple[list[str], np.ndarray, int | None]]:
+  """Batches (ids, thumbnails[, positions]) of any sizes -> chunks (ids, thumbnails, the
+  position of the chunk's last thumbnail or None) of exactly `chunk_size` (the last one:
+  the rest)."""
   ids: list[str] = []
   parts: list[np.ndarray] = []
+  positions: list[int] | None = []
   held = 0
-  for batch_ids, thumbs in batches:
-    thumbs = np.asarray(thumbs, np.float32)
+  for batch in batches:
+    batch_ids, thumbs = batch[0], np.asarray(batch[1], np.float32)
     if len(batch_ids) != len(thumbs):
       raise ValueError(f"a batch has {len(batch_ids)} ids for {len(thumbs)} thumbnails")
+    if len(batch) < 3:
+      positions = None
+    elif positions is not None:
+      positions.extend(np.asarray(batch[2]).tolist())
     ids.extend(str(i) for i in batch_ids)
     parts.append(thumbs)
     held += len(thumbs)
     while held >= chunk_size:
       block = np.concatenate(parts) if len(parts) > 1 else parts[0]
-      yield ids[:chunk_size], block[:chunk_size]
+      last = None if positions is None else positions[chunk_size - 1]
+      yield ids[:chunk_size], block[:chunk_size], last
       ids, parts, held = ids[chunk_size:], [block[chunk_size:]], held - chunk_size
+      positions = None if positions is None else positions[chunk_size:]
   if held:
-    yield ids, np.concatenate(parts)
+    yield ids, np.concatenate(parts), None if positions is None else positions[-1]
 
 
 def _check(threshold: float, chunk_size: int, k: int) -> None:
@@ -203,16 +264,20 @@ def _check(threshold: float, chunk_size: int, k: int) -> None:
                      f"{chunk_size}, k={k}")
 
 
-def search(source_batches: Iterable[tuple[Sequence[str], np.ndarray]], target_thumbs,
-           target_ids: Sequence[str], *, threshold: float = DEFAULT_THRESHOLD,
-           chunk_size: int = DEFAULT_CHUNK, k: int = DEFAULT_K,
-           progress: Callable[[int], None] | None = None,
-           max_pairs: int = MAX_PAIRS) -> SearchResult:
+def search(source_batches: Iterable[tuple], target_thumbs, target_ids: Sequence[str], *,
+           threshold: float = DEFAULT_THRESHOLD, chunk_size: int = DEFAULT_CHUNK,
+           k: int = DEFAULT_K, progress: Callable[[int], None] | None = None,
+           max_pairs: int = MAX_PAIRS, resume: SearchState | None = None,
+           save: Callable[[SearchState], None] | None = None,
+           save_seconds: float = 60.0) -> SearchResult:
   """Every source thumbnail whose correlation with a target thumbnail is >= `threshold`.
 
   Args:
-    source_batches: (ids, thumbnails (b, size, size)) pairs of any sizes, e.g.
-      ImageNet train; read once, in `chunk_size` chunks.
+    source_batches: (ids, thumbnails (b, size, size)[, positions (b,)]) of any
+      sizes, e.g. ImageNet train; read once, in `chunk_size` chunks. The
+      optional positions (increasing, e.g. record numbers) say where the
+      stream stands, for `SearchState.position`. After `resume`: the rest of
+      the stream, from `resume.position` on.
     target_thumbs: (M, size, size), e.g. Caltech-101; held on the device.
     target_ids: their M ids.
     threshold: the least correlation of a duplicate, in (0, 1].
@@ -221,6 +286,11 @@ def search(source_batches: Iterable[tuple[Sequence[str], np.ndarray]], target_th
     k: nearest sources kept per target (and per chunk before the exact check).
     progress: called with the number of source thumbnails done after each chunk.
     max_pairs: a ValueError once more pairs than this reach the threshold.
+    resume: a state `save` was given by a search of the same request (the
+      same targets, threshold, chunk_size and k; the caller checks): this one
+      goes on from it, and returns what one uninterrupted search returns.
+    save: called with the state at a chunk boundary, at most every
+      `save_seconds` (e.g. `save_state`, so that a killed search resumes).
 
   Returns:
     A `SearchResult`; its `matches` are the same pairs as `brute_force`.
@@ -232,11 +302,22 @@ def search(source_batches: Iterable[tuple[Sequence[str], np.ndarray]], target_th
     raise ValueError(f"{len(target_ids)} target ids for {len(host_targets)} thumbnails")
   num_targets = len(host_targets)
   targets = jnp.asarray(host_targets)
-  best_corr = jnp.full((num_targets, k), -jnp.inf, jnp.float32)
-  best_index = jnp.full((num_targets, k), -1, jnp.int32)
-  source_ids: list[str] = []
-  found: list[tuple[int, int, float]] = []  # (source index, target index, correlation)
+  if resume is None:
+    resume = SearchState(num_source=0, position=0,
+                         best_corr=np.full((num_targets, k), -np.inf, np.float32),
+                         best_index=np.full((num_targets, k), -1, np.int32),
+                         found=np.zeros((0, 3)), ids={})
+  if resume.best_corr.shape != (num_targets, k):
+    raise ValueError(f"the state to resume holds {resume.best_corr.shape} best sources, not "
+                     f"({num_targets}, {k}): it is another search's")
+  best_corr, best_index = jnp.asarray(resume.best_corr), jnp.asarray(resume.best_index)
+  base, earlier_ids = resume.num_source, resume.ids  # Sources before `base`: only these ids.
+  source_ids: list[str] = []  # From `base` on.
+  # (source index, target index, correlation)
+  found: list[tuple[int, int, float]] = [(int(a), int(b), float(c)) for a, b, c in resume.found]
+  position = resume.position
   pending = None  # The previous chunk's results: read while the device does the next.
+  last_save = time.monotonic()
 
   def collect(chunk_corr, chunk_index, chunk, offset):
     chunk_corr, chunk_index = np.asarray(chunk_corr), np.asarray(chunk_index)
@@ -254,8 +335,18 @@ def search(source_batches: Iterable[tuple[Sequence[str], np.ndarray]], target_th
       raise ValueError(f"more than {max_pairs:,} (source, target) pairs correlate >= "
                        f"{threshold:g}: a threshold this low does not mean the same image")
 
-  for ids, chunk in rechunk(source_batches, chunk_size):
-    count, offset = len(ids), len(source_ids)
+  def name(i: int) -> str:
+    return source_ids[i - base] if i >= base else earlier_ids[i]
+
+  def state() -> SearchState:
+    corr, index = np.asarray(best_corr), np.asarray(best_index)
+    used = {int(i) for i in index.ravel() if i >= 0} | {s for s, _, _ in found}
+    return SearchState(num_source=base + len(source_ids), position=position, best_corr=corr,
+                       best_index=index, found=np.array(found, np.float64).reshape(-1, 3),
+                       ids={i: name(i) for i in sorted(used)})
+
+  for ids, chunk, last in rechunk(source_batches, chunk_size):
+    count, offset = len(ids), base + len(source_ids)
     if offset + count >= np.iinfo(np.int32).max:
       raise ValueError("more than 2**31 source images")
     padded = chunk
@@ -266,6 +357,7 @@ def search(source_batches: Iterable[tuple[Sequence[str], np.ndarray]], target_th
       raise ValueError(f"source thumbnails of {chunk[0].size} pixels, target thumbnails of "
                        f"{host_targets.shape[1]}: use one size")
     source_ids.extend(ids)
+    position = offset + count if last is None else last + 1
     if not num_targets:
       continue
     best_corr, best_index, chunk_corr, chunk_index = _step(
@@ -275,16 +367,21 @@ def search(source_batches: Iterable[tuple[Sequence[str], np.ndarray]], target_th
       collect(*pending)
     pending = (chunk_corr, chunk_index, chunk, offset)
     if progress is not None:
-      progress(len(source_ids))
+      progress(base + len(source_ids))
+    if save is not None and time.monotonic() - last_save >= save_seconds:
+      collect(*pending)  # Everything up to this chunk, so the state is whole.
+      pending = None
+      save(state())
+      last_save = time.monotonic()
   if pending is not None:
     collect(*pending)
 
-  matches = sorted((Match(source_ids[s], target_ids[t], c) for s, t, c in found),
+  matches = sorted((Match(name(s), target_ids[t], c) for s, t, c in found),
                    key=lambda m: (m.target_id, -m.correlation, m.source_id))
-  corr, index = np.asarray(best_corr), np.asarray(best_index)
-  nearest_ids = [[source_ids[i] if i >= 0 else "" for i in row] for row in index.tolist()]
-  return SearchResult(matches=matches, nearest_ids=nearest_ids, nearest_corr=corr,
-                      num_source=len(source_ids), threshold=float(threshold))
+  final = state()
+  nearest_ids = [[name(i) if i >= 0 else "" for i in row] for row in final.best_index.tolist()]
+  return SearchResult(matches=matches, nearest_ids=nearest_ids, nearest_corr=final.best_corr,
+                      num_source=final.num_source, threshold=float(threshold), state=final)
 
 
 def find_duplicates(source_batches: Iterable[tuple[Sequence[str], np.ndarray]], target_thumbs,
@@ -422,3 +519,43 @@ def request(source: str, target: str, threshold: float, size: int = DEFAULT_SIZE
   if batch_size < 1:
     raise ValueError(f"--batch_size={batch_size}: must be positive")
   return Request(src, tgt, float(threshold), size, chunk_size, k, batch_size)
+
+
+def request_key(req: Request, data_dir: str | None, target_ids: Sequence[str],
+                target_thumbs: np.ndarray) -> dict[str, Any]:
+  """What a search's result depends on: the request and the target images themselves."""
+  digest = hashlib.sha1(np.ascontiguousarray(target_thumbs, np.float32).tobytes())
+  digest.update("\n".join(map(str, target_ids)).encode())
+  return {"source": ":".join(req.source), "target": ":".join(req.target),
+          "data_dir": os.path.abspath(os.path.expanduser(data_dir)) if data_dir else None,
+          "threshold": req.threshold, "size": req.size, "chunk_size": req.chunk_size,
+          "k": req.k, "target_images": digest.hexdigest()}
+
+
+def resume_state(path: str, key: Mapping[str, Any], *, overwrite: bool = False,
+                 say: Callable[[str], None] = print) -> SearchState | None:
+  """The state saved at `path` by a search of the same `key`, or None to start afresh.
+
+  A state that cannot be read is said and started over (it holds no result,
+  only progress). A state of another key is not reused: with `overwrite` the
+  search starts over (and replaces it), else a one-line ValueError names what
+  differs.
+  """
+  if not os.path.exists(path):
+    return None
+  try:
+    state, stored = load_state(path)
+    stored = json.loads(stored)
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    say(f"cannot read the saved search {path} ({type(e).__name__}); starting over")
+    return None
+  diff = [("the target images" if k == "target_images" else f"{k} {stored.get(k)} -> {v}")
+          for k, v in key.items() if stored.get(k) != v]
+  if not diff:
+    return state
+  if overwrite:
+    say(f"starting over: {path} was the search of another request ({'; '.join(diff)})")
+    return None
+  raise ValueError(f"{os.path.dirname(path)} holds the search of another request "
+                   f"({'; '.join(diff)}): pass --overwrite to start it again there, or choose "
+                   "another --workdir")
