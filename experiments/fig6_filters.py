@@ -27,11 +27,18 @@ FLAGS = flags.FLAGS
 
 def main(_):
   workdirs = [FLAGS.workdir] + list(FLAGS.compare)
-  print(visualize.fig6_filters(workdirs))
-  if FLAGS.layer2_maps:
-    sources = [common.open_source()] + [
-        source.open_source(w, dataset=FLAGS.dataset, split=FLAGS.split, data_dir=FLAGS.data_dir,
-                             batch_size=FLAGS.batch_size) for w in FLAGS.compare]
+  if not FLAGS.layer2_maps:
+    given = [f"--{n}" for n in ("dataset", "split", "data_dir", "max_examples")
+             if FLAGS[n].present]
+    if given:
+      raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to the "
+                       "layer-2 projections only: add --layer2_maps=N, or drop it")
+  sources = [common.open_source()] + [  # Opened first: a bad flag writes nothing.
+      source.open_source(w, dataset=FLAGS.dataset, split=FLAGS.split, data_dir=FLAGS.data_dir,
+                         batch_size=FLAGS.batch_size) for w in FLAGS.compare
+  ] if FLAGS.layer2_maps else []
+  print(visualize.fig6_filters(workdirs, step=FLAGS.step))
+  if sources:
     print(visualize.fig6_layer2(sources, FLAGS.layer2_maps, max_examples=FLAGS.max_examples))
   print(f"report: {FLAGS.workdir}/report.html")
 

@@ -224,7 +224,8 @@ def build_shared(root) -> tuple[str, list]:
 
 
 _BACKGROUND = []
-_USE_FASHION_RUN = ("test_correspondence.py", "test_figure_binaries.py", "test_invariance.py",
+_USE_FASHION_RUN = ("test_command_lines.py", "test_correspondence.py", "test_figure_binaries.py",
+                    "test_invariance.py",
                     "test_notebook.py", "test_occlusion.py")
 
 

@@ -175,10 +175,11 @@ def filter_panel(params, arch, grayscale: bool) -> np.ndarray:
 
 
 def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
-                 out: str | None = None) -> str:
+                 out: str | None = None, step: int | None = None) -> str:
   """Fig. 6 (Section 4.1): layer-1 filters of one or more runs, one panel each.
 
-  Written into the first run's report (or `out`).
+  Written into the first run's report (or `out`). `step`: the first run's
+  checkpoint (default: each run's latest).
 
   Each filter (one output map: kh x kw x 3 weights) is stretched min..max on
   its own, as in the paper's filter figures. Runs trained on grey images
@@ -186,7 +187,7 @@ def fig6_filters(workdirs: Sequence[str], labels: Sequence[str] | None = None,
   """
   if not workdirs:
     raise ValueError("fig6_filters needs at least one run workdir")
-  runs = [Workdir(w).open() for w in workdirs]
+  runs = [Workdir(w).open(step if i == 0 else None) for i, w in enumerate(workdirs)]
   # A run with a constant mean colour (imported ImageNet weights) is in colour; asking its
   # dataset would need ImageNet on this machine.
   grey = [not r.config.mean_rgb and input_pipeline.split_info(r.input_config()).grayscale

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from zf_jax import train
+from zf_jax import files, train
 from zf_jax.data import input_pipeline
 from zf_jax.report import tables
 from zf_jax.runs import trainer
@@ -308,6 +308,8 @@ def write_table2(workdirs: Sequence[str], out: str | None = None, *,
   """
   if labels is not None and len(labels) != len(workdirs):  # Before the slow part.
     raise ValueError(f"{len(labels)} labels for {len(workdirs)} runs; give one label per workdir")
+  if out is not None:
+    files.check_folder(out, "out")
   results = evaluate_runs(workdirs, crops=crops, split=split, step=step, batch_size=batch_size)
   markdown, obj = table2(results, labels=labels)
   md_path = json_path = None
