@@ -181,6 +181,7 @@ OWN = {
         ("class-list", ["--table=7", "--run={run}", "--workdir={new}", "--classes=x"],
          "--classes"),
         ("no-caltech256", ["--table=5", "--run={run}", "--workdir={new}"], "--dataset"),
+        ("file-workdir", ["--table=7", "--run={run}", "--workdir={file}"], "{file} is a file"),
         ("unknown-dataset", ["--table=7", "--run={run}", "--workdir={new}",
                              "--dataset=nonsense"], "nonsense"),
         ("unknown-layer", ["--table=4", "--run={run}", "--workdir={new}", "--layer=9",
