@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import run_module, run_python
+from zf_jax.data import input_pipeline
 from zf_jax.section5 import features as features_lib
 from zf_jax.section5 import folds as folds_lib
 from zf_jax.section5 import transfer as transfer_lib
@@ -174,10 +175,12 @@ def test_transfer_binary_writes_every_table_from_fixed_features(tmp_path):
   # Fig. 9 on an image folder, with from-scratch runs trained on each fold's images only.
   fig9 = json.loads((out / "tables" / "fig9.json").read_text())
   assert set(fig9["scratch"]) == {"1", "3"} and len(fig9["scratch"]["3"]["folds"]) == 2
-  ids = (out / "scratch" / "n3-fold1" / "train_ids.txt").read_text().split("\n")[1:-1]
+  (ids_file,) = (out / "scratch" / "n3-fold1").glob("train_ids-*.txt")  # Named by content.
+  ids = ids_file.read_text().split("\n")[1:-1]
   assert len(ids) == 6 and all(i.startswith("all/class") for i in ids)
+  assert ids_file.name == f"train_ids-{input_pipeline.ids_digest(ids)[:12]}.txt"
   config = json.loads((out / "scratch" / "n3-fold1" / "config.json").read_text())
-  assert config["include_ids"].endswith("n3-fold1/train_ids.txt") and config["num_steps"] == 2
+  assert config["include_ids"] == str(ids_file) and config["num_steps"] == 2
   assert (out / "figures" / "fig9.png").stat().st_size > 10_000
   report = (out / "report.html").read_text()
   assert all(title in report for title in ("Table 4.", "Table 6.", "Table 7.", "Fig. 9."))

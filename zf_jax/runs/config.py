@@ -262,6 +262,11 @@ def _get(config, dotted: str) -> Any:
   return config
 
 
+def recipe(config) -> dict[str, Any]:
+  """{field: value} of `config`'s recipe fields (`recipe_fields`): what a run computes."""
+  return {name: _get(config, name) for name in recipe_fields(type(config))}
+
+
 def _show(value: Any) -> str:
   if isinstance(value, tuple):
     return ",".join(map(str, value)) or "(none)"
@@ -286,8 +291,9 @@ def differences(stored: RunConfig, requested: RunConfig, *, ignore: typing.Colle
       and requested.train.total_steps >= stored.train.total_steps):
     ignore = (*ignore, "train.total_steps")
   out = []
-  for name in recipe_fields(type(stored)):
-    old, new = _get(stored, name), _get(requested, name)
+  asked = recipe(requested)
+  for name, old in recipe(stored).items():
+    new = asked[name]
     if name not in ignore and old != new:
       out.append(f"{name.removeprefix('train.')} {_show(old)} -> {_show(new)}")
   return out

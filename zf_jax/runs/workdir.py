@@ -83,10 +83,10 @@ class Run:
 
   @functools.cached_property
   def digest(self) -> str:
-    """sha1 (hex) of the run's recipe and parameters: what anything computed from the run
-    depends on (a cache keyed by it is never stale, even for a run trained again in the
-    same workdir to the same step)."""
-    h = hashlib.sha1(json.dumps(config_lib.to_json(self.config), sort_keys=True).encode())
+    """sha1 (hex) of the run's recipe (its preprocessing among it) and parameters: what
+    anything computed from the run depends on (a cache keyed by it is never stale, even
+    for a run trained again in the same workdir to the same step)."""
+    h = hashlib.sha1(repr(sorted(config_lib.recipe(self.config).items())).encode())
     for path, leaf in jax.tree_util.tree_leaves_with_path(self.params):
       h.update(jax.tree_util.keystr(path).encode())
       h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
