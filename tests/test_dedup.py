@@ -449,7 +449,8 @@ def test_a_killed_pass_resumes_to_the_uninterrupted_result_and_another_request_i
     out, err = child.communicate(timeout=300)
     return child.returncode, out, err
 
-  children = [start(wrapper, straight), start(killer, killed)]  # Both at once: mostly start-up.
+  # Killed, and straight: an uninterrupted pass, started at once (each is mostly start-up).
+  children = [start(wrapper, straight), start(killer, killed)]
   (out, err), (_, killed_err) = (c.communicate(timeout=300) for c in children)
   assert children[0].returncode == 0, out + err
   assert children[1].returncode == -9, killed_err
