@@ -80,11 +80,11 @@ def main(_):
     if FLAGS.all or FLAGS.rows:
       raise ValueError("--summarize only assembles the table; drop --all / --rows")
     # Refuses an --arch that is no base.
-    md, _, report = ablation.write_table3(root, trainer.resolve(cfg).config)
+    md, _, report = ablation.write_table3(root, config.resolve(cfg).config)
     print(f"table: {md}\nreport: {report}")
     return
   todo = plan(cfg)
-  recipe = trainer.resolve(todo[0]).config  # The rows differ in their edits only.
+  recipe = config.resolve(todo[0]).config  # The rows differ in their edits only.
   for i, row_cfg in enumerate(todo, 1):
     name = ablation.variant(row_cfg)
     wd = os.path.join(root, name)

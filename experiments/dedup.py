@@ -49,7 +49,7 @@ from experiments import cli
 from zf_jax.data import input_pipeline
 from zf_jax.files import atomic_write, check_folder
 from zf_jax.report import tables
-from zf_jax.section5 import dedup
+from zf_jax.section5 import dedup, dedup_state
 
 flags.DEFINE_string("source", None, "DATASET:SPLIT searched for copies, e.g. imagenet2012:train "
                     "(its matched ids go to exclude_ids.txt).", required=True)
@@ -175,9 +175,9 @@ def main(_):
   print(f"searching {src_info.num_examples:,} images of {_spec(req.source)} for "
         f"{len(target_ids):,} of {_spec(req.target)} (threshold {req.threshold:g}, "
         f"{req.size} px thumbnails)", flush=True)
-  key = dedup.request_key(req, FLAGS.data_dir, target_ids, target_thumbs)
+  key = dedup_state.request_key(req, FLAGS.data_dir, target_ids, target_thumbs)
   state_path = os.path.join(FLAGS.workdir, STATE_FILE)
-  resume = dedup.resume_state(state_path, key, overwrite=FLAGS.overwrite)
+  resume = dedup_state.resume_state(state_path, key, overwrite=FLAGS.overwrite)
   progress = Progress(f"source {_spec(req.source)}", src_info.num_examples)
   complete = resume is not None and resume.position >= src_info.num_examples
   if complete:
@@ -194,7 +194,7 @@ def main(_):
 
   def save(state):
     os.makedirs(FLAGS.workdir, exist_ok=True)
-    dedup.save_state(state_path, state, json.dumps(key, sort_keys=True))
+    dedup_state.save_state(state_path, state, json.dumps(key, sort_keys=True))
 
   result = dedup.search(batches, target_thumbs, target_ids, threshold=req.threshold,
                         chunk_size=req.chunk_size, k=req.k, progress=progress, resume=resume,

@@ -33,7 +33,7 @@ if TESTS_DIR not in sys.path:
 import tiny_dataset  # noqa: E402  (registers zf_tiny_images)
 from conftest import REPO, child_env  # noqa: E402
 
-from zf_jax.section5 import dedup  # noqa: E402
+from zf_jax.section5 import dedup, dedup_state  # noqa: E402
 
 SIZE = 32
 
@@ -228,8 +228,8 @@ def test_a_search_resumed_from_any_saved_state_returns_the_uninterrupted_result(
     # Only the ids it still needs: the targets' nearest sources and the matches.
     assert len(state.ids) <= 40 + len(state.found)
     path = str(tmp_path / f"state{state.num_source}.npz")
-    dedup.save_state(path, state, "the key")
-    loaded, key = dedup.load_state(path)
+    dedup_state.save_state(path, state, "the key")
+    loaded, key = dedup_state.load_state(path)
     assert key == "the key"
     resumed = dedup.search(stream(loaded.position), planted["target_thumbs"],
                            planted["target_ids"], resume=loaded, **kwargs)
@@ -417,7 +417,7 @@ def _tree(folder) -> dict[str, object]:
   out = {}
   for p in sorted(folder.rglob("*")):
     if p.suffix == ".npz":
-      state, key = dedup.load_state(str(p))
+      state, key = dedup_state.load_state(str(p))
       out[str(p.relative_to(folder))] = (key, state.num_source, state.position, state.ids,
                                          *(a.tolist() for a in (state.best_corr,
                                                                 state.best_index, state.found)))

@@ -8,6 +8,9 @@ a `zf_jax.train.TrainConfig` (the recipe). Every field is declared once with
                         --learning_rate, not --train.learning_rate)
   from_flags()          the RunConfig the parsed flags describe
   to_json / from_json   config.json in a run's workdir (same field names)
+  resolve(cfg)          the config against its dataset: the schedule in steps and
+                        the facts config.json keeps beside it
+  differences           whether a stored run is the run asked for (recipe fields)
 
 So a binary that trains gets every training flag, with the same help, by
 calling `define_flags()`; flagfiles (`--flagfile=zfnet.flags`) list only what
@@ -17,6 +20,7 @@ differs from the defaults, which are the paper's values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -131,6 +135,76 @@ class RunConfig:
       arch = arch_lib.ablate(arch, remove=self.remove, fc_features=self.fc_features,
                              conv_features=self.conv_features or None)
     return arch if num_classes is None else arch_lib.with_classes(arch, num_classes)
+
+
+# --- A run against its dataset ----------------------------------------------------------------
+
+
+def input_config(cfg: RunConfig, image_size: int, batch_size: int) -> input_pipeline.InputConfig:
+  """The input pipeline a run with `cfg` reads (Section 3: resize to 256/224 of the input)."""
+  resize = cfg.resize_size or round(image_size * 256 / 224)
+  return input_pipeline.InputConfig(
+      dataset=cfg.dataset, data_dir=cfg.data_dir, train_split=cfg.train_split,
+      eval_split=cfg.eval_split, image_size=image_size, resize_size=resize,
+      global_batch_size=batch_size, train_crops=cfg.train_crops, seed=cfg.seed,
+      shuffle_buffer=cfg.shuffle_buffer, mean_max_examples=cfg.mean_max_examples,
+      classes=cfg.classes, include_ids=cfg.include_ids, exclude_ids=cfg.exclude_ids,
+      mean_rgb=cfg.mean_rgb)
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+  """A run's configuration resolved against its dataset: what `train_and_evaluate` trains.
+
+  config: the RunConfig with its schedule in steps (train.total_steps,
+    lr_decay_steps, warmup_steps from the epochs the flags name): what
+    config.json holds and a resumed run is compared with.
+  arch: the network, with the dataset's number of classes.
+  input: the training input pipeline's configuration.
+  facts: what config.json keeps beside the config (num_classes,
+    steps_per_epoch, total_steps, the digests of the id files).
+  """
+  config: RunConfig
+  arch: arch_lib.Arch
+  input: input_pipeline.InputConfig
+  facts: dict[str, Any]
+
+  @property
+  def total_steps(self) -> int:
+    return self.facts["total_steps"]
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.facts["steps_per_epoch"]
+
+
+def resolve(cfg: RunConfig) -> Resolved:
+  """`cfg` against its dataset (reads the dataset's metadata, not its images).
+
+  Raises:
+    ValueError: an inconsistent configuration (one line).
+  """
+  arch = cfg.network()
+  icfg = input_config(cfg, arch.image_size, cfg.train.batch_size)
+  info = input_pipeline.dataset_info(icfg)
+  if info.multi_label:
+    raise ValueError(f"{cfg.dataset} labels each image with several classes; training needs "
+                     "one label per image (transfer to it: python -m experiments.transfer)")
+  arch = cfg.network(info.num_classes)
+  spe = info.steps_per_epoch
+  total = cfg.num_steps if cfg.num_steps is not None else math.ceil(cfg.num_epochs * spe)
+  if cfg.train.lr_schedule == "cosine" and not round(cfg.warmup_epochs * spe) < total:
+    raise ValueError(f"warmup_epochs={cfg.warmup_epochs} ({round(cfg.warmup_epochs * spe)} "
+                     f"steps) must be shorter than the run ({total} steps): lower --warmup_epochs")
+  cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+      cfg.train, lr_decay_steps=tuple(round(e * spe) for e in cfg.lr_decay_epochs),
+      warmup_steps=round(cfg.warmup_epochs * spe), total_steps=total))
+  facts = {"num_classes": arch.num_classes, "steps_per_epoch": spe, "total_steps": total}
+  digests = {f: input_pipeline.ids_digest(input_pipeline.read_ids(getattr(cfg, f)))
+             for f in ("include_ids", "exclude_ids") if getattr(cfg, f)}
+  if digests:
+    facts["ids_digests"] = digests
+  return Resolved(config=cfg, arch=arch, input=icfg, facts=facts)
 
 
 # --- Fields as flags -----------------------------------------------------------------------
@@ -279,7 +353,7 @@ def differences(stored: RunConfig, requested: RunConfig, *, ignore: typing.Colle
 
   Args:
     stored: the config a run was trained with (its config.json), its schedule
-      in steps (`trainer.resolve`).
+      in steps (`resolve`).
     requested: the config asked for now, resolved the same way.
     ignore: fields left out, dotted for nested ones (e.g. Table 3's
       architecture edits).

@@ -35,8 +35,9 @@ from zf_jax import arch as arch_lib
 from zf_jax import files, model, train
 from zf_jax.data import input_pipeline
 from zf_jax.runs import workdir as workdir_lib
+from zf_jax.runs import config as config_lib
 from zf_jax.runs.config import RunConfig
-from zf_jax.runs.workdir import input_config, make_mesh
+from zf_jax.runs.workdir import make_mesh
 
 
 class NonFiniteLossError(RuntimeError):
@@ -238,61 +239,6 @@ def use_cpu_devices(n: int) -> None:
                        f"has {have} CPU device(s)") from None
 
 
-@dataclasses.dataclass(frozen=True)
-class Resolved:
-  """A run's configuration resolved against its dataset: what `train_and_evaluate` trains.
-
-  config: the RunConfig with its schedule in steps (train.total_steps,
-    lr_decay_steps, warmup_steps from the epochs the flags name): what
-    config.json holds and a resumed run is compared with.
-  arch: the network, with the dataset's number of classes.
-  input: the training input pipeline's configuration.
-  facts: what config.json keeps beside the config (num_classes,
-    steps_per_epoch, total_steps, the digests of the id files).
-  """
-  config: RunConfig
-  arch: arch_lib.Arch
-  input: input_pipeline.InputConfig
-  facts: dict[str, Any]
-
-  @property
-  def total_steps(self) -> int:
-    return self.facts["total_steps"]
-
-  @property
-  def steps_per_epoch(self) -> int:
-    return self.facts["steps_per_epoch"]
-
-
-def resolve(cfg: RunConfig) -> Resolved:
-  """`cfg` against its dataset (reads the dataset's metadata, not its images).
-
-  Raises:
-    ValueError: an inconsistent configuration (one line).
-  """
-  arch = cfg.network()
-  icfg = input_config(cfg, arch.image_size, cfg.train.batch_size)
-  info = input_pipeline.dataset_info(icfg)
-  if info.multi_label:
-    raise ValueError(f"{cfg.dataset} labels each image with several classes; training needs "
-                     "one label per image (transfer to it: python -m experiments.transfer)")
-  arch = cfg.network(info.num_classes)
-  spe = info.steps_per_epoch
-  total = cfg.num_steps if cfg.num_steps is not None else math.ceil(cfg.num_epochs * spe)
-  if cfg.train.lr_schedule == "cosine" and not round(cfg.warmup_epochs * spe) < total:
-    raise ValueError(f"warmup_epochs={cfg.warmup_epochs} ({round(cfg.warmup_epochs * spe)} "
-                     f"steps) must be shorter than the run ({total} steps): lower --warmup_epochs")
-  cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-      cfg.train, lr_decay_steps=tuple(round(e * spe) for e in cfg.lr_decay_epochs),
-      warmup_steps=round(cfg.warmup_epochs * spe), total_steps=total))
-  facts = {"num_classes": arch.num_classes, "steps_per_epoch": spe, "total_steps": total}
-  digests = {f: input_pipeline.ids_digest(input_pipeline.read_ids(getattr(cfg, f)))
-             for f in ("include_ids", "exclude_ids") if getattr(cfg, f)}
-  if digests:
-    facts["ids_digests"] = digests
-  return Resolved(config=cfg, arch=arch, input=icfg, facts=facts)
-
-
 def train_and_evaluate(cfg: RunConfig, workdir: str, *, overwrite: bool = False,
                        batch_transform: Callable[[int, dict], dict] | None = None
                        ) -> dict[str, Any]:
@@ -330,7 +276,7 @@ def train_and_evaluate(cfg: RunConfig, workdir: str, *, overwrite: bool = False,
       raise ValueError(f"{name} {size} is not divisible by the {jax.device_count()} devices; "
                        f"use a multiple of {jax.device_count()}")
   mesh = make_mesh()
-  plan = resolve(cfg)
+  plan = config_lib.resolve(cfg)
   cfg, arch, icfg = plan.config, plan.arch, plan.input
   total, spe = plan.total_steps, plan.steps_per_epoch
   keep = sorted(e * spe for e in cfg.keep_epochs if 0 < e * spe <= total)

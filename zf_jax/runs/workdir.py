@@ -39,7 +39,7 @@ from zf_jax.files import atomic_write
 from zf_jax.report import page
 from zf_jax.runs import checkpoint
 from zf_jax.runs import config as config_lib
-from zf_jax.runs.config import RunConfig
+from zf_jax.runs.config import RunConfig, input_config  # noqa: F401  (also this module's)
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -104,18 +104,6 @@ class Run:
     batch = batch_size or cfg.eval_batch_size or cfg.train.batch_size
     icfg = input_config(cfg, self.arch.image_size, batch)
     return dataclasses.replace(icfg, eval_split=split) if split else icfg
-
-
-def input_config(cfg: RunConfig, image_size: int, batch_size: int) -> input_pipeline.InputConfig:
-  """The input pipeline a run with `cfg` reads (Section 3: resize to 256/224 of the input)."""
-  resize = cfg.resize_size or round(image_size * 256 / 224)
-  return input_pipeline.InputConfig(
-      dataset=cfg.dataset, data_dir=cfg.data_dir, train_split=cfg.train_split,
-      eval_split=cfg.eval_split, image_size=image_size, resize_size=resize,
-      global_batch_size=batch_size, train_crops=cfg.train_crops, seed=cfg.seed,
-      shuffle_buffer=cfg.shuffle_buffer, mean_max_examples=cfg.mean_max_examples,
-      classes=cfg.classes, include_ids=cfg.include_ids, exclude_ids=cfg.exclude_ids,
-      mean_rgb=cfg.mean_rgb)
 
 
 def make_mesh() -> jax.sharding.Mesh:

@@ -202,7 +202,7 @@ def recipe_differences(row: Mapping[str, Any], cfg: RunConfig) -> list[str]:
 
   Args:
     row: a `measure` result (table3_row.json).
-    cfg: the table's recipe, resolved as the trainer stores it (`trainer.resolve`).
+    cfg: the table's recipe, resolved as the trainer stores it (`config.resolve`).
   """
   if "config" not in row:
     return ["its recipe was not recorded"]
@@ -247,7 +247,7 @@ def table3(cfg: RunConfig, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, A
 
   Args:
     cfg: the recipe and data of the table, resolved as the trainer stores it
-      (`trainer.resolve(cfg).config`); its arch gives the scale.
+      (`config.resolve(cfg).config`); its arch gives the scale.
     rows: `read_rows`' result.
 
   Returns:
