@@ -179,7 +179,8 @@ class Resolved:
 
 
 def resolve(cfg: RunConfig) -> Resolved:
-  """`cfg` against its dataset (reads the dataset's metadata, not its images).
+  """`cfg` against its dataset: Section 3's schedule, given in epochs, in steps (reads the
+  dataset's metadata, not its images).
 
   Raises:
     ValueError: an inconsistent configuration (one line).
